@@ -1,0 +1,1 @@
+"""The HTTP layer: aiohttp handlers that parse, make one service call, serialize."""

@@ -1,0 +1,68 @@
+"""One table from the exception tree to HTTP statuses, looked up along the MRO."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from aiohttp import web
+
+from cbox.errors import (
+    CboxError,
+    ConfigError,
+    Conflict,
+    DockerError,
+    ImageNotFound,
+    InvalidRequest,
+    PolicyViolation,
+    TaskNotFound,
+)
+
+log = logging.getLogger(__name__)
+
+STATUS: dict[type[CboxError], int] = {
+    PolicyViolation: 403,
+    InvalidRequest: 400,
+    TaskNotFound: 404,
+    Conflict: 409,
+    ImageNotFound: 503,
+    DockerError: 503,
+    ConfigError: 500,
+    CboxError: 500,
+}
+
+
+def status_of(exc: CboxError) -> int:
+    for klass in type(exc).__mro__:
+        if klass in STATUS:
+            return STATUS[klass]  # type: ignore[index]
+    return 500
+
+
+def error_response(status: int, kind: str, message: str, field: str | None = None) -> web.Response:
+    body: dict[str, object] = {"error": {"type": kind, "message": message}}
+    if field:
+        body["error"]["field"] = field  # type: ignore[index]
+    return web.Response(
+        status=status, text=json.dumps(body), content_type="application/json"
+    )
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+    """Every error leaves as JSON with a message; never a traceback."""
+    try:
+        return await handler(request)
+    except CboxError as exc:
+        return error_response(status_of(exc), type(exc).__name__, exc.message, exc.field)
+    except web.HTTPRequestEntityTooLarge as exc:
+        return error_response(413, "PayloadTooLarge", f"request body too large: {exc.text}")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error_response(exc.status, type(exc).__name__, exc.reason)
+    except (ConnectionResetError, TimeoutError):
+        raise
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return error_response(500, "InternalError", "internal error; see the server log")

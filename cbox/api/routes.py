@@ -1,0 +1,211 @@
+"""HTTP handlers. Each parses its input, makes one service call and serializes.
+
+Two families share the service: the seed's single-task API (`/task`,
+`/status`, `/stop`, `/history`), kept exactly as the seed's clients expect,
+and the REST API for many tasks (`/tasks...`).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from cbox.api import sse
+from cbox.errors import InvalidRequest
+from cbox.models import TaskSpec, TaskState
+from cbox.orchestrator.service import TaskService
+
+SERVICE: web.AppKey[TaskService] = web.AppKey("service", TaskService)
+
+routes = web.RouteTableDef()
+
+
+def _service(request: web.Request) -> TaskService:
+    return request.app[SERVICE]
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    if not raw.strip():
+        raise InvalidRequest("request body is empty; send a JSON object")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    return body
+
+
+async def _spec(request: web.Request) -> TaskSpec:
+    body = await _json_body(request)
+    try:
+        return TaskSpec.model_validate(body)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        message = err["msg"]
+        if err["type"] == "extra_forbidden":
+            message = "unknown field"
+        elif err["type"] == "missing":
+            message = "field required"
+        raise InvalidRequest(f"{where}: {message}", field=where) from None
+
+
+def _int_query(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidRequest(f"{name} must be an integer, got {raw!r}", field=name) from None
+    if not lo <= value <= hi:
+        raise InvalidRequest(f"{name} must be between {lo} and {hi}", field=name)
+    return value
+
+
+def _summary(task: Any) -> dict[str, Any]:
+    return {"task_id": task.id, "prompt": task.prompt, "state": task.state.value}
+
+
+# ---------------------------------------------------------------------- seed API
+
+
+@routes.post("/task")
+async def post_task(request: web.Request) -> web.StreamResponse:
+    """Submit a task and stream its events (start / output / done, and richer ones)."""
+    service = _service(request)
+    submitted = await service.submit(await _spec(request))
+    response = await sse.open_stream(request)
+    events = service.subscribe(
+        submitted.task.id, keepalive_s=service.settings.keepalive_s
+    )
+    await sse.pump(response, events)
+    return response
+
+
+@routes.get("/status")
+async def get_status(request: web.Request) -> web.Response:
+    """The seed's status; with several tasks, `running` lists them all."""
+    service = _service(request)
+    running = service.running()
+    queued = service.queued()
+    body: dict[str, Any] = {"state": "running" if running else "idle"}
+    if running:
+        body["task_id"] = running[0].id
+        body["prompt"] = running[0].prompt
+    body["running"] = [_summary(t) for t in running]
+    body["queued"] = [
+        {**_summary(t), "queue_position": t.queue_position} for t in queued
+    ]
+    body["max_concurrent"] = service.settings.max_concurrent
+    return web.json_response(body)
+
+
+@routes.post("/stop")
+async def post_stop(request: web.Request) -> web.Response:
+    """Stop the running task(s), or the one named by `?task_id=`; say what was done."""
+    service = _service(request)
+    task_id = request.query.get("task_id")
+    stopped = [await service.stop(task_id)] if task_id else await service.stop_running()
+    if not stopped:
+        message = "nothing is running; nothing was stopped"
+    elif len(stopped) == 1:
+        message = f"stopping task {stopped[0].id}"
+    else:
+        message = f"stopping {len(stopped)} running tasks"
+    return web.json_response(
+        {"stopped": [t.id for t in stopped], "message": message}
+    )
+
+
+@routes.get("/history")
+async def get_history(request: web.Request) -> web.Response:
+    limit = _int_query(request, "limit", 10, 1, 1000)
+    tasks, _ = await _service(request).list(limit=limit)
+    return web.json_response([t.public() for t in tasks])
+
+
+# ---------------------------------------------------------------------- REST API
+
+
+@routes.post("/tasks")
+async def post_tasks(request: web.Request) -> web.Response:
+    submitted = await _service(request).submit(await _spec(request))
+    status = 202 if submitted.created else 200
+    return web.json_response(
+        submitted.task.public(),
+        status=status,
+        headers={"Location": f"/tasks/{submitted.task.id}"},
+    )
+
+
+@routes.get("/tasks")
+async def get_tasks(request: web.Request) -> web.Response:
+    states: list[TaskState] | None = None
+    raw_states = request.query.getall("state", [])
+    if raw_states:
+        names = [s for raw in raw_states for s in raw.split(",") if s]
+        try:
+            states = [TaskState(s) for s in names]
+        except ValueError:
+            valid = ", ".join(s.value for s in TaskState)
+            raise InvalidRequest(f"state must be one of {valid}", field="state") from None
+    limit = _int_query(request, "limit", 20, 1, 500)
+    offset = _int_query(request, "offset", 0, 0, 10**9)
+    tasks, total = await _service(request).list(states=states, limit=limit, offset=offset)
+    return web.json_response(
+        {"tasks": [t.public() for t in tasks], "total": total, "limit": limit, "offset": offset}
+    )
+
+
+@routes.get("/tasks/{task_id}")
+async def get_task(request: web.Request) -> web.Response:
+    task = await _service(request).get(request.match_info["task_id"])
+    return web.json_response(task.public())
+
+
+@routes.post("/tasks/{task_id}/stop")
+async def post_task_stop(request: web.Request) -> web.Response:
+    task = await _service(request).stop(request.match_info["task_id"])
+    return web.json_response(task.public())
+
+
+@routes.get("/tasks/{task_id}/events")
+async def get_task_events(request: web.Request) -> web.StreamResponse:
+    service = _service(request)
+    task_id = request.match_info["task_id"]
+    after = sse.last_event_id(request)
+    await service.get(task_id)  # 404 before the stream starts
+    response = await sse.open_stream(request)
+    events = service.subscribe(task_id, after=after, keepalive_s=service.settings.keepalive_s)
+    await sse.pump(response, events)
+    return response
+
+
+@routes.get("/tasks/{task_id}/raw")
+async def get_task_raw(request: web.Request) -> web.Response:
+    """The agent's stdout lines exactly as printed (stream-json for Claude Code)."""
+    after = _int_query(request, "after", 0, 0, 10**9)
+    limit = _int_query(request, "limit", 10_000, 1, 100_000)
+    lines = await _service(request).raw_lines(
+        request.match_info["task_id"], after=after, limit=limit
+    )
+    return web.Response(
+        text="".join(line + "\n" for line in lines), content_type="application/x-ndjson"
+    )
+
+
+@routes.get("/policies")
+async def get_policies(request: web.Request) -> web.Response:
+    policies = _service(request).policies.all()
+    return web.json_response({"policies": [p.model_dump(mode="json") for p in policies]})
+
+
+@routes.get("/healthz")
+async def get_healthz(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True})

@@ -1,0 +1,56 @@
+"""Server-Sent Events framing for task event logs.
+
+Written by hand rather than with aiohttp-sse: we need our own `id:` (the
+event's gap-free seq, which is what `Last-Event-ID` replays from) and our own
+keep-alive cadence, which comes from the service's subscription; the framing
+itself is a few lines.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from cbox.errors import InvalidRequest
+from cbox.models import Event
+
+
+async def open_stream(request: web.Request, status: int = 200) -> web.StreamResponse:
+    response = web.StreamResponse(
+        status=status,
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+        },
+    )
+    await response.prepare(request)
+    return response
+
+
+def frame(event: Event) -> bytes:
+    data = json.dumps(event.data, separators=(",", ":"))
+    return f"id: {event.seq}\nevent: {event.type}\ndata: {data}\n\n".encode()
+
+
+async def pump(response: web.StreamResponse, events: AsyncIterator[Event | None]) -> None:
+    """Write events until the iterator ends; None means send a keep-alive comment."""
+    try:
+        async for event in events:
+            await response.write(b": keep-alive\n\n" if event is None else frame(event))
+    except (ConnectionResetError, ConnectionError):
+        return  # the client went away; the task goes on
+    await response.write_eof()
+
+
+def last_event_id(request: web.Request) -> int:
+    raw = request.headers.get("Last-Event-ID") or request.query.get("after") or "0"
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidRequest(f"Last-Event-ID / after must be an integer, got {raw!r}") from None
+    if value < 0:
+        raise InvalidRequest("Last-Event-ID / after must not be negative")
+    return value

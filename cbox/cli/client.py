@@ -1,0 +1,142 @@
+"""Async HTTP/SSE client of the claude-box API, shared by the CLI and workers.
+
+aiohttp translates into `ClientError` / `ServerUnreachable` here and only here.
+The SSE reader is a small line parser (the format is four field names and a
+blank line); it keeps `Last-Event-ID` and resumes after a dropped connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from cbox.errors import ClientError, ServerUnreachable
+
+
+@dataclass(frozen=True, slots=True)
+class SseEvent:
+    id: int | None
+    type: str
+    data: dict[str, Any]
+
+
+class Client:
+    def __init__(self, server: str, token: str | None = None) -> None:
+        self.server = server.rstrip("/")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._session = aiohttp.ClientSession(
+            headers=headers, timeout=aiohttp.ClientTimeout(total=None, sock_connect=10)
+        )
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def request(
+        self, method: str, path: str, *, json_body: Any = None, params: dict[str, Any] | None = None
+    ) -> Any:
+        url = self.server + path
+        try:
+            async with self._session.request(method, url, json=json_body, params=params) as resp:
+                text = await resp.text()
+                if resp.status >= 400:
+                    raise ClientError(_error_message(resp.status, text), status=resp.status)
+                return json.loads(text) if text else None
+        except aiohttp.ClientConnectionError as exc:
+            raise ServerUnreachable(
+                f"no claude-box server at {self.server} ({exc.__class__.__name__}); "
+                "start one with `cbox serve` or pass --server"
+            ) from exc
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise ClientError(f"request to {url} failed: {exc}") from exc
+
+    async def submit(self, spec: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request("POST", "/tasks", json_body=spec)
+        return result
+
+    async def get(self, task_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request("GET", f"/tasks/{task_id}")
+        return result
+
+    async def stop(self, task_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request("POST", f"/tasks/{task_id}/stop")
+        return result
+
+    async def events(self, task_id: str, after: int = 0) -> AsyncIterator[SseEvent]:
+        """Follow a task's events until `done`, reconnecting with Last-Event-ID."""
+        last = after
+        failures = 0
+        while True:
+            try:
+                async for event in self._events_once(task_id, last):
+                    failures = 0
+                    if event.id is not None:
+                        last = event.id
+                    yield event
+                    if event.type == "done":
+                        return
+                return
+            except ServerUnreachable:
+                failures += 1
+                if failures > 30:
+                    raise
+                await asyncio.sleep(min(2.0, 0.1 * failures))
+
+    async def _events_once(self, task_id: str, after: int) -> AsyncIterator[SseEvent]:
+        url = f"{self.server}/tasks/{task_id}/events"
+        headers = {"Last-Event-ID": str(after), "Accept": "text/event-stream"}
+        try:
+            async with self._session.get(url, headers=headers) as resp:
+                if resp.status >= 400:
+                    text = await resp.text()
+                    raise ClientError(_error_message(resp.status, text), status=resp.status)
+                async for event in parse_sse(resp.content):
+                    yield event
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+            raise ServerUnreachable(f"lost the connection to {self.server}: {exc}") from exc
+
+
+async def parse_sse(stream: aiohttp.StreamReader) -> AsyncIterator[SseEvent]:
+    event_id: int | None = None
+    event_type = "message"
+    data: list[str] = []
+    async for raw in stream:
+        line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+        if not line:
+            if data:
+                try:
+                    payload = json.loads("\n".join(data))
+                except ValueError:
+                    payload = {"line": "\n".join(data)}
+                yield SseEvent(event_id, event_type, payload if isinstance(payload, dict) else {})
+            event_id, event_type, data = None, "message", []
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if name == "id":
+            event_id = int(value) if value.isdigit() else None
+        elif name == "event":
+            event_type = value
+        elif name == "data":
+            data.append(value)
+
+
+def _error_message(status: int, text: str) -> str:
+    try:
+        body = json.loads(text)
+        message = body["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        message = text.strip()[:200] or "no details"
+    return f"HTTP {status}: {message}"

@@ -1,0 +1,74 @@
+"""`cbox doctor`: check each prerequisite, and say how to fix what fails."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable
+
+from cbox.cli import render
+from cbox.cli.client import Client
+from cbox.errors import CboxError
+from cbox.orchestrator.docker import DockerBackend
+from cbox.settings import Settings
+
+Check = Callable[[], Awaitable[str]]
+
+
+async def run_checks(settings: Settings, server: str) -> int:
+    out = render.console()
+    docker = DockerBackend(settings.docker_host)
+
+    async def engine() -> str:
+        info = await docker.ping()
+        return f"Docker {info.get('ServerVersion', '?')}"
+
+    async def image() -> str:
+        labels = await docker.image_labels(settings.image)
+        return f"{settings.image}, Claude Code {labels.get('dev.cbox.claude-code.version', '?')}"
+
+    async def credential() -> str:
+        if settings.anthropic_api_key:
+            return "ANTHROPIC_API_KEY is set (it stays on this host)"
+        if settings.claude_code_oauth_token:
+            return "CLAUDE_CODE_OAUTH_TOKEN is set (it stays on this host)"
+        raise CboxError("no credential: set ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN")
+
+    async def workspace() -> str:
+        path = settings.workspace_dir
+        if not path.is_dir() or not os.access(path, os.R_OK | os.X_OK):
+            raise CboxError(f"{path} is not a readable directory: set WORKSPACE_DIR")
+        return str(path)
+
+    async def reachable() -> str:
+        async with Client(server) as client:
+            await client.request("GET", "/healthz")
+        return server
+
+    fixes = {
+        "engine": "start Docker (`dockerd`, or `systemctl start docker`) or set DOCKER_HOST",
+        "image": "run `cbox image build`",
+        "credential": "export ANTHROPIC_API_KEY=... before `cbox serve`",
+        "workspace": "export WORKSPACE_DIR=/path/to/your/repo",
+        "server": "start it with `cbox serve`, or pass --server / CBOX_SERVER",
+    }
+    checks: list[tuple[str, Check]] = [
+        ("engine", engine),
+        ("image", image),
+        ("credential", credential),
+        ("workspace", workspace),
+        ("server", reachable),
+    ]
+    failed = 0
+    try:
+        for name, check in checks:
+            try:
+                detail = await check()
+            except CboxError as exc:
+                failed += 1
+                out.print(f"[red]✗[/red] {name}: {exc}", highlight=False)
+                out.print(f"    fix: {fixes[name]}", markup=False)
+            else:
+                out.print(f"[green]✓[/green] {name}: {detail}", highlight=False)
+    finally:
+        await docker.close()
+    return 1 if failed else 0

@@ -1,0 +1,76 @@
+"""The one exception tree of claude-box.
+
+    CboxError
+    ├── ConfigError            bad settings or policy files (stops start-up)
+    ├── InvalidRequest         a caller's mistake: bad field, empty prompt (HTTP 400/422)
+    │   └── PolicyViolation    a request that would loosen a policy ceiling
+    ├── TaskNotFound           (also LookupError)  unknown task id (HTTP 404)
+    ├── Conflict               an action the task's state does not allow (HTTP 409)
+    ├── DockerError            the engine refused or is unreachable
+    │   └── ImageNotFound      the sandbox image is missing: build it first
+    ├── ImageBuildError        `cbox image build` failed, with the engine's message
+    └── ClientError            the CLI could not talk to a server
+        └── ServerUnreachable
+
+Foreign exceptions (aiodocker, aiohttp, sqlite) are translated once, in the
+module that talks to them, with `raise ... from exc`. The HTTP layer maps this
+tree to status codes through one table (`cbox.api.errors`).
+"""
+
+from __future__ import annotations
+
+
+class CboxError(Exception):
+    """Root of every error claude-box raises on purpose."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(CboxError, ValueError):
+    """Settings or a policy file are wrong; the process should not start."""
+
+
+class InvalidRequest(CboxError, ValueError):
+    """The caller sent something we cannot accept."""
+
+
+class PolicyViolation(InvalidRequest):
+    """The request asks for more than the policy's ceiling allows."""
+
+
+class TaskNotFound(CboxError, LookupError):
+    """No task has this id."""
+
+
+class Conflict(CboxError):
+    """The task is in a state where this action makes no sense."""
+
+
+class DockerError(CboxError):
+    """The Docker engine refused a request or could not be reached."""
+
+
+class ImageNotFound(DockerError):
+    """The sandbox image is not present on the engine."""
+
+
+class ImageBuildError(CboxError):
+    """Building the sandbox image failed."""
+
+
+class ClientError(CboxError):
+    """The CLI or a worker got an error answer from a server."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ServerUnreachable(ClientError):
+    """No claude-box server answered at the given URL."""

@@ -1,0 +1,171 @@
+"""The data claude-box passes around: task specs, tasks, states and events.
+
+Everything that crosses a boundary (HTTP, SQLite, the CLI) is one of these
+pydantic models, so validation and serialization live in one place.
+"""
+
+from __future__ import annotations
+
+import enum
+import secrets
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+#: Claude Code takes the prompt as one argv string, and Linux caps one argv
+#: string at 128 KiB (MAX_ARG_STRLEN); we stay clearly below it.
+MAX_PROMPT_CHARS = 100_000
+
+
+def new_task_id() -> str:
+    """A sortable-enough, unguessable id: `task_` + 12 hex chars of time + 8 random."""
+    return f"task_{int(time.time() * 1000):012x}{secrets.token_hex(4)}"
+
+
+def now_s() -> float:
+    return time.time()
+
+
+class TaskState(str, enum.Enum):
+    """Lifecycle: queued → running → completed | failed | stopped | timed_out."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    STOPPED = "stopped"
+    TIMED_OUT = "timed_out"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES = frozenset(
+    {TaskState.COMPLETED, TaskState.FAILED, TaskState.STOPPED, TaskState.TIMED_OUT}
+)
+
+
+class MountMode(str, enum.Enum):
+    RO = "ro"
+    RW = "rw"
+
+
+class TaskSpec(BaseModel):
+    """What a client asks for. Unknown fields are refused, so typos fail loudly."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+    prompt: str = Field(description="What the agent should do.")
+    policy: str = Field("default", description="Name of the policy the task runs under.")
+    priority: int = Field(0, ge=-1000, le=1000, description="Higher runs first; FIFO within one.")
+    timeout_s: float | None = Field(
+        None, gt=0, description="Wall-clock limit; may only tighten the policy's."
+    )
+    model: str | None = Field(None, description="Model name passed to Claude Code.")
+    max_turns: int | None = Field(None, gt=0, description="Agent turn limit; tightens the policy.")
+    read_only: bool = Field(False, description="Force a read-only workspace mount.")
+    workspace: str | None = Field(
+        None, description="Host path of the workspace; defaults to WORKSPACE_DIR."
+    )
+    memory_mb: int | None = Field(None, gt=0, description="Memory limit; tightens the policy.")
+    cpus: float | None = Field(None, gt=0, description="CPU limit; tightens the policy.")
+    pids: int | None = Field(None, gt=0, description="Process limit; tightens the policy.")
+    idempotency_key: str | None = Field(
+        None,
+        max_length=200,
+        description="While a task with this key is active, submitting again returns it.",
+    )
+    metadata: dict[str, str] = Field(
+        default_factory=dict, description="Free-form labels kept with the task."
+    )
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("prompt must not be empty")
+        if len(value) > MAX_PROMPT_CHARS:
+            raise ValueError(f"prompt is longer than {MAX_PROMPT_CHARS} characters")
+        return value
+
+
+class Outcome(BaseModel):
+    """What we learnt when the container ended (all optional: a kill leaves gaps)."""
+
+    exit_code: int | None = None
+    is_error: bool | None = None
+    oom_killed: bool = False
+    cost_usd: float | None = None
+    usage: dict[str, Any] | None = None
+    duration_ms: int | None = None
+    num_turns: int | None = None
+    claude_session_id: str | None = None
+    result: Any = None
+    error: str | None = None
+
+
+class Task(BaseModel):
+    """A task as stored and served."""
+
+    id: str
+    spec: TaskSpec
+    state: TaskState = TaskState.QUEUED
+    created_at: float = Field(default_factory=now_s)
+    started_at: float | None = None
+    finished_at: float | None = None
+    queue_position: int | None = Field(
+        None, description="1-based place in the queue while queued."
+    )
+    container_id: str | None = None
+    workspace: str | None = Field(None, description="Host path that was mounted.")
+    mount_mode: MountMode | None = None
+    outcome: Outcome = Field(default_factory=Outcome)
+    lines_consumed: int = Field(
+        0, description="stdout lines already turned into events (for re-adoption)."
+    )
+    stderr_consumed: int = Field(0, description="stderr lines already turned into events.")
+    last_seq: int = Field(0, description="Sequence number of the newest event.")
+    gateway_token: str | None = Field(None, description="Per-task API token; never served.")
+
+    @property
+    def prompt(self) -> str:
+        return self.spec.prompt
+
+    def public(self) -> dict[str, Any]:
+        """The JSON shape served over HTTP: the spec's fields flattened in."""
+        data = self.model_dump(mode="json", exclude={"lines_consumed", "stderr_consumed", "gateway_token"})
+        spec = data.pop("spec")
+        data["prompt"] = spec.pop("prompt")
+        data.update({k: v for k, v in spec.items() if k not in data})
+        data.update(data.pop("outcome"))
+        return data
+
+
+EventType = Literal[
+    "start",
+    "queued",
+    "running",
+    "output",
+    "system",
+    "assistant",
+    "tool_use",
+    "tool_result",
+    "api_retry",
+    "result",
+    "stderr",
+    "log",
+    "error",
+    "done",
+]
+
+
+class Event(BaseModel):
+    """One entry of a task's event log. `seq` is gap-free from 1 per task."""
+
+    seq: int
+    task_id: str
+    type: str
+    data: dict[str, Any]
+    ts: float = Field(default_factory=now_s)

@@ -1,0 +1,1 @@
+"""Running tasks: containers, the event store and the parsers of agent output."""

@@ -1,0 +1,160 @@
+"""What a task's container looks like: command, environment, mounts and limits.
+
+Hardening is on for every task and not a policy's to relax: non-root user,
+all capabilities dropped, `no-new-privileges`, read-only root filesystem with
+tmpfs scratch space, memory with swap equal to memory (no swap), cpu, pids and
+nofile limits, no Docker socket, no host namespaces, and an internal network
+whose only way out is the API gateway.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cbox.errors import InvalidRequest
+from cbox.models import MountMode, Task
+from cbox.orchestrator.docker import LABEL_INSTANCE, LABEL_MANAGED, LABEL_TASK
+from cbox.policies import EffectiveLimits
+
+#: uid/gid of the image's `agent` user, used when the workspace belongs to root
+#: (Claude Code refuses --dangerously-skip-permissions as root).
+DEFAULT_AGENT_ID = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Workspace:
+    path: Path
+    uid: int
+    gid: int
+
+
+def resolve_workspace(requested: str | None, default: Path, roots: list[Path]) -> Workspace:
+    """Check the host path a task wants mounted, and find whose files they are."""
+    raw = Path(requested) if requested else default
+    if not raw.is_absolute():
+        raise InvalidRequest(f"workspace {raw} must be an absolute path", field="workspace")
+    path = Path(os.path.realpath(raw))
+    allowed = [Path(os.path.realpath(r)) for r in [default, *roots]]
+    if not any(path == root or root in path.parents for root in allowed):
+        names = ", ".join(str(r) for r in allowed)
+        raise InvalidRequest(
+            f"workspace {path} is outside the allowed roots ({names})", field="workspace"
+        )
+    try:
+        info = path.stat()
+    except OSError as exc:
+        raise InvalidRequest(f"workspace {path}: {exc.strerror}", field="workspace") from exc
+    if not path.is_dir():
+        raise InvalidRequest(f"workspace {path} is not a directory", field="workspace")
+    uid = info.st_uid or DEFAULT_AGENT_ID
+    gid = info.st_gid if info.st_uid else DEFAULT_AGENT_ID
+    return Workspace(path=path, uid=uid, gid=gid)
+
+
+def agent_command(task: Task, limits: EffectiveLimits) -> list[str]:
+    policy = limits.policy
+    if policy.agent == "command":
+        return list(policy.command)
+    cmd = [
+        "claude",
+        "-p",
+        task.spec.prompt,
+        "--output-format",
+        "stream-json",
+        "--verbose",
+        "--dangerously-skip-permissions",
+    ]
+    if limits.model:
+        cmd += ["--model", limits.model]
+    if limits.max_turns is not None:
+        cmd += ["--max-turns", str(limits.max_turns)]
+    if policy.allowed_tools:
+        cmd += ["--allowedTools", ",".join(policy.allowed_tools)]
+    if policy.disallowed_tools:
+        cmd += ["--disallowedTools", ",".join(policy.disallowed_tools)]
+    if policy.append_system_prompt:
+        cmd += ["--append-system-prompt", policy.append_system_prompt]
+    return cmd
+
+
+@dataclass(frozen=True, slots=True)
+class Gateway:
+    """How a container reaches the model API: URL and the task's own token."""
+
+    url: str
+    token: str
+    oauth: bool
+
+
+def container_config(
+    *,
+    task: Task,
+    limits: EffectiveLimits,
+    workspace: Workspace,
+    image: str,
+    network: str,
+    instance: str,
+    gateway: Gateway,
+    passthrough_env: dict[str, str],
+    stop_grace_s: float,
+) -> dict[str, Any]:
+    """The Docker Engine API `ContainerCreate` body for one task."""
+    env = {
+        **passthrough_env,
+        "ANTHROPIC_BASE_URL": gateway.url,
+        "CBOX_TASK_ID": task.id,
+        "CBOX_TASK_JSON": json.dumps(
+            {
+                "task_id": task.id,
+                "prompt": task.spec.prompt,
+                "policy": limits.policy.name,
+                "read_only": limits.mount_mode is MountMode.RO,
+                "model": limits.model,
+                "max_turns": limits.max_turns,
+                "metadata": task.spec.metadata,
+            }
+        ),
+        "HOME": "/home/agent",
+    }
+    # The container only ever holds the per-task token; the gateway swaps in
+    # the real credential, in the header the CLI uses for this kind of token.
+    env["CLAUDE_CODE_OAUTH_TOKEN" if gateway.oauth else "ANTHROPIC_API_KEY"] = gateway.token
+    ids = f"uid={workspace.uid},gid={workspace.gid}"
+    memory = limits.memory_mb * 1024 * 1024
+    return {
+        "Image": image,
+        "Cmd": agent_command(task, limits),
+        "Env": [f"{k}={v}" for k, v in env.items()],
+        "User": f"{workspace.uid}:{workspace.gid}",
+        "WorkingDir": "/workspace",
+        "Labels": {LABEL_MANAGED: "true", LABEL_TASK: task.id, LABEL_INSTANCE: instance},
+        "StopSignal": "SIGTERM",
+        "StopTimeout": max(1, int(stop_grace_s)),
+        "HostConfig": {
+            "Binds": [f"{workspace.path}:/workspace:{limits.mount_mode.value}"],
+            "Memory": memory,
+            "MemorySwap": memory,
+            "NanoCpus": int(limits.cpus * 1e9),
+            "PidsLimit": limits.pids,
+            "Ulimits": [
+                {"Name": "nofile", "Soft": limits.policy.nofile, "Hard": limits.policy.nofile}
+            ],
+            "CapDrop": ["ALL"],
+            "SecurityOpt": ["no-new-privileges"],
+            "ReadonlyRootfs": True,
+            "Tmpfs": {
+                "/tmp": "rw,nosuid,nodev,size=1g",
+                "/home/agent": f"rw,nosuid,nodev,size=512m,mode=0700,{ids}",
+                "/cbox": f"rw,nosuid,nodev,noexec,size=16m,mode=0700,{ids}",
+            },
+            "NetworkMode": network,
+            "IpcMode": "private",
+            "PidMode": "",
+            "Privileged": False,
+            "LogConfig": {"Type": "json-file", "Config": {}},
+        },
+    }

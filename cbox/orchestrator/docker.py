@@ -1,0 +1,221 @@
+"""The one module that talks to the Docker engine (through aiodocker).
+
+Every aiodocker error is translated here into `cbox.errors.DockerError`, so
+nothing above this seam knows aiodocker exists. Containers are labelled with
+the task id and the orchestrator instance, which is what crash recovery keys
+on: after a restart an instance adopts or removes exactly its own containers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiodocker
+import aiohttp
+
+from cbox.errors import DockerError, ImageNotFound
+
+LABEL_MANAGED = "dev.cbox.managed"
+LABEL_TASK = "dev.cbox.task-id"
+LABEL_INSTANCE = "dev.cbox.instance"
+
+
+@dataclass(frozen=True, slots=True)
+class ExitInfo:
+    exit_code: int | None
+    oom_killed: bool
+    running: bool
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ManagedContainer:
+    id: str
+    task_id: str
+    running: bool
+
+
+def _translate(exc: BaseException, what: str) -> DockerError:
+    if isinstance(exc, aiodocker.DockerError):
+        message = exc.message if isinstance(exc.message, str) else str(exc.message)
+        if exc.status == 404 and "image" in message.lower():
+            return ImageNotFound(f"{what}: {message} (build it with `cbox image build`)")
+        return DockerError(f"{what}: {message}")
+    return DockerError(f"{what}: the Docker engine is unreachable ({exc})")
+
+
+_ENGINE_ERRORS = (aiodocker.DockerError, aiohttp.ClientError, OSError)
+
+
+class DockerBackend:
+    """Create, follow, stop and remove task containers."""
+
+    def __init__(self, url: str | None = None) -> None:
+        self._url = url
+        self._docker: aiodocker.Docker | None = None
+
+    @property
+    def docker(self) -> aiodocker.Docker:
+        if self._docker is None:
+            self._docker = aiodocker.Docker(url=self._url)
+        return self._docker
+
+    async def close(self) -> None:
+        if self._docker is not None:
+            await self._docker.close()
+            self._docker = None
+
+    async def ping(self) -> dict[str, Any]:
+        try:
+            info: dict[str, Any] = await self.docker.system.info()
+        except _ENGINE_ERRORS as exc:
+            raise _translate(exc, "docker info") from exc
+        return info
+
+    async def image_labels(self, image: str) -> dict[str, str]:
+        try:
+            data = await self.docker.images.inspect(image)
+        except aiodocker.DockerError as exc:
+            if exc.status == 404:
+                raise ImageNotFound(
+                    f"sandbox image {image!r} is not present (build it with `cbox image build`)"
+                ) from exc
+            raise _translate(exc, f"inspect image {image}") from exc
+        except _ENGINE_ERRORS as exc:
+            raise _translate(exc, f"inspect image {image}") from exc
+        labels: dict[str, str] = (data.get("Config") or {}).get("Labels") or {}
+        return labels
+
+    async def ensure_network(self, name: str) -> str:
+        """Create the internal task network if needed; return its gateway IP.
+
+        `Internal: true` means no route out. The host is still reachable at the
+        network's gateway IP, which is where the API gateway listens: the one
+        door out of the box.
+        """
+        try:
+            try:
+                net = await self.docker.networks.get(name)
+                info = await net.show()
+            except aiodocker.DockerError as exc:
+                if exc.status != 404:
+                    raise
+                net = await self.docker.networks.create(
+                    {
+                        "Name": name,
+                        "Driver": "bridge",
+                        "Internal": True,
+                        "Labels": {LABEL_MANAGED: "true"},
+                        "Options": {"com.docker.network.bridge.enable_icc": "false"},
+                    }
+                )
+                info = await net.show()
+        except _ENGINE_ERRORS as exc:
+            raise _translate(exc, f"network {name}") from exc
+        for config in (info.get("IPAM") or {}).get("Config") or []:
+            gateway = config.get("Gateway")
+            if gateway:
+                return str(gateway)
+        raise DockerError(f"network {name} has no gateway address")
+
+    async def create(self, name: str, config: dict[str, Any]) -> str:
+        try:
+            container = await self.docker.containers.create(config=config, name=name)
+        except _ENGINE_ERRORS as exc:
+            raise _translate(exc, "create container") from exc
+        return str(container.id)
+
+    async def start(self, container_id: str) -> None:
+        try:
+            await self.docker.containers.container(container_id).start()
+        except _ENGINE_ERRORS as exc:
+            raise _translate(exc, "start container") from exc
+
+    async def lines(self, container_id: str, *, stderr: bool) -> AsyncIterator[str]:
+        """Yield the container's stdout (or stderr) as lines, from the start, following.
+
+        Docker keeps the whole log, so following from the start is also how a
+        restarted orchestrator catches up on a container it re-adopts.
+        """
+        container = self.docker.containers.container(container_id)
+        buffer = ""
+        try:
+            stream = container.log(stdout=not stderr, stderr=stderr, follow=True)
+            async for chunk in stream:
+                buffer += chunk
+                if "\n" not in buffer:
+                    continue
+                *complete, buffer = buffer.split("\n")
+                for line in complete:
+                    yield line
+        except _ENGINE_ERRORS as exc:
+            raise _translate(exc, "follow logs") from exc
+        if buffer:
+            yield buffer
+
+    async def wait(self, container_id: str) -> ExitInfo:
+        try:
+            await self.docker.containers.container(container_id).wait()
+        except _ENGINE_ERRORS as exc:
+            raise _translate(exc, "wait for container") from exc
+        return await self.inspect(container_id)
+
+    async def inspect(self, container_id: str) -> ExitInfo:
+        try:
+            data = await self.docker.containers.container(container_id).show()
+        except _ENGINE_ERRORS as exc:
+            raise _translate(exc, "inspect container") from exc
+        state = data.get("State") or {}
+        running = bool(state.get("Running"))
+        return ExitInfo(
+            exit_code=None if running else state.get("ExitCode"),
+            oom_killed=bool(state.get("OOMKilled")),
+            running=running,
+            error=state.get("Error") or None,
+        )
+
+    async def stop(self, container_id: str, grace_s: float) -> None:
+        """SIGTERM, then SIGKILL after the grace period (Docker's own stop)."""
+        try:
+            await self.docker.containers.container(container_id).stop(t=max(0, int(grace_s)))
+        except aiodocker.DockerError as exc:
+            if exc.status in (304, 404):  # already stopped or gone
+                return
+            raise _translate(exc, "stop container") from exc
+        except _ENGINE_ERRORS as exc:
+            raise _translate(exc, "stop container") from exc
+
+    async def remove(self, container_id: str) -> None:
+        with contextlib.suppress(aiodocker.DockerError):
+            try:
+                await self.docker.containers.container(container_id).delete(force=True, v=True)
+            except (aiohttp.ClientError, OSError) as exc:
+                raise _translate(exc, "remove container") from exc
+
+    async def managed(self, instance: str) -> list[ManagedContainer]:
+        filters = f'{{"label": ["{LABEL_MANAGED}=true", "{LABEL_INSTANCE}={instance}"]}}'
+        try:
+            found = await self.docker.containers.list(all=True, filters=filters)
+        except _ENGINE_ERRORS as exc:
+            raise _translate(exc, "list containers") from exc
+        result = []
+        for container in found:
+            labels = container["Labels"] or {}
+            result.append(
+                ManagedContainer(
+                    id=container.id,
+                    task_id=labels.get(LABEL_TASK, ""),
+                    running=container["State"] == "running",
+                )
+            )
+        return result
+
+
+async def wait_quietly(task: asyncio.Task[Any]) -> None:
+    """Await a helper task we cancelled, without caring how it ended."""
+    with contextlib.suppress(BaseException):
+        await task

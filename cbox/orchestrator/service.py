@@ -1,0 +1,587 @@
+"""TaskService: the one core behind the HTTP API, the CLI and the workers.
+
+It owns the queue (priority, FIFO within a priority, a concurrency cap, and
+one read-write task per workspace at a time), runs each task in a fresh
+container, turns its output into events, persists everything, and recovers
+after a crash: queued tasks are queued again, running containers are adopted
+(their log is re-read from Docker and resumes exactly after the last line the
+store has), finished ones are finalized, and strangers are removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from cbox.errors import CboxError, Conflict, DockerError, TaskNotFound
+from cbox.models import Event, MountMode, Outcome, Task, TaskSpec, TaskState, new_task_id
+from cbox.orchestrator.container import Gateway, container_config, resolve_workspace
+from cbox.orchestrator.docker import DockerBackend, ExitInfo, wait_quietly
+from cbox.orchestrator.gateway import ApiGateway, new_token
+from cbox.orchestrator.store import Store
+from cbox.orchestrator.streamjson import CommandParser, ParsedEvent, StreamJsonParser
+from cbox.orchestrator.tasklog import TaskLog
+from cbox.policies import EffectiveLimits, PolicySet
+from cbox.settings import Settings
+
+log = logging.getLogger(__name__)
+
+FLUSH_INTERVAL_S = 0.05
+STORE_PAGE = 2000
+ACTIVE = (TaskState.QUEUED, TaskState.RUNNING)
+
+
+@dataclass
+class _Run:
+    """Book-keeping of one running task."""
+
+    task: Task
+    limits: EffectiveLimits
+    parser: StreamJsonParser | CommandParser
+    stop_requested: bool = False
+    timed_out: bool = False
+    handle: asyncio.Task[None] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    task: Task
+    created: bool
+
+
+class TaskService:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        docker: DockerBackend,
+        policies: PolicySet,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.docker = docker
+        self.policies = policies
+        key = settings.anthropic_api_key
+        oauth = settings.claude_code_oauth_token
+        self.gateway = ApiGateway(
+            upstream=settings.anthropic_base_url,
+            api_key=key.get_secret_value() if key else None,
+            oauth_token=oauth.get_secret_value() if oauth else None,
+        )
+        self._gateway_url = ""
+        self._logs: dict[str, TaskLog] = {}
+        self._tasks: dict[str, Task] = {}  # active tasks, the live copy
+        self._queue: list[str] = []
+        self._positions: dict[str, int] = {}
+        self._runs: dict[str, _Run] = {}
+        self._rw_locks: set[str] = set()
+        self._submit_lock = asyncio.Lock()
+        self._flush_lock = asyncio.Lock()
+        self._flusher: asyncio.Task[None] | None = None
+        self._closing = False
+        self._jobs: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------------ life cycle
+
+    async def start(self) -> None:
+        await self.store.open()
+        gateway_ip = await self.docker.ensure_network(self.settings.network)
+        port = self.settings.gateway_port
+        if not port:
+            # Re-adopted containers hold the old gateway URL: keep the port.
+            saved = await self.store.get_meta(f"gateway_port:{self.settings.network}")
+            port = int(saved) if saved else 0
+        try:
+            await self.gateway.start(gateway_ip, port)
+        except OSError:
+            await self.gateway.start(gateway_ip, 0)
+        await self.store.set_meta(f"gateway_port:{self.settings.network}", str(self.gateway.port))
+        self._gateway_url = f"http://{gateway_ip}:{self.gateway.port}"
+        await self._recover()
+        self._flusher = asyncio.create_task(self._flush_loop(), name="cbox-flusher")
+        self._dispatch()
+
+    async def close(self) -> None:
+        """Stop serving. Running containers keep running; a restart adopts them."""
+        self._closing = True
+        for run in list(self._runs.values()):
+            if run.handle is not None:
+                run.handle.cancel()
+        for run in list(self._runs.values()):
+            if run.handle is not None:
+                await wait_quietly(run.handle)
+        if self._flusher is not None:
+            self._flusher.cancel()
+            await wait_quietly(self._flusher)
+        await self._flush()
+        await self.gateway.close()
+        await self.store.close()
+        await self.docker.close()
+
+    # ------------------------------------------------------------------ queries
+
+    async def get(self, task_id: str) -> Task:
+        task = self._tasks.get(task_id) or await self.store.get_task(task_id)
+        if task is None:
+            raise TaskNotFound(f"no task with id {task_id!r}")
+        if task.state is TaskState.QUEUED:
+            task = task.model_copy(update={"queue_position": self._position(task_id)})
+        return task
+
+    async def list(
+        self, *, states: list[TaskState] | None = None, limit: int = 20, offset: int = 0
+    ) -> tuple[list[Task], int]:
+        await self._flush()
+        tasks = await self.store.list_tasks(states=states, limit=limit, offset=offset)
+        total = await self.store.count_tasks(states=states)
+        live = [self._tasks.get(t.id, t) for t in tasks]
+        return [await self.get(t.id) if t.state is TaskState.QUEUED else t for t in live], total
+
+    def running(self) -> list[Task]:
+        return [run.task for run in self._runs.values()]
+
+    def queued(self) -> list[Task]:
+        return [
+            self._tasks[i].model_copy(update={"queue_position": n})
+            for n, i in enumerate(self._sorted_queue(), 1)
+        ]
+
+    async def subscribe(
+        self, task_id: str, *, after: int = 0, keepalive_s: float | None = None
+    ) -> AsyncIterator[Event | None]:
+        """Events with seq > `after`, then live ones until `done`.
+
+        Yields None when nothing happened for `keepalive_s`, so a transport can
+        send a keep-alive. Works the same for finished tasks (from the store).
+        """
+        tlog = self._logs.get(task_id)
+        if tlog is None:
+            if await self.store.get_task(task_id) is None:
+                raise TaskNotFound(f"no task with id {task_id!r}")
+            tlog = self._logs.get(task_id)
+        if tlog is None:
+            while True:
+                page = await self.store.events(task_id, after=after, limit=STORE_PAGE)
+                for event in page:
+                    yield event
+                if len(page) < STORE_PAGE:
+                    return
+                after = page[-1].seq
+        seq = after
+        wait_s = keepalive_s if keepalive_s is not None else 3600.0
+        while True:
+            while seq < len(tlog.events):
+                seq += 1
+                yield tlog.events[seq - 1]
+            if tlog.closed:
+                return
+            if not await tlog.wait(seq, wait_s) and keepalive_s is not None:
+                yield None
+
+    async def raw_lines(self, task_id: str, *, after: int = 0, limit: int = 10_000) -> list[str]:
+        await self.get(task_id)
+        await self._flush()
+        return await self.store.raw_lines(task_id, after=after, limit=limit)
+
+    # ------------------------------------------------------------------ commands
+
+    async def submit(self, spec: TaskSpec) -> Submitted:
+        async with self._submit_lock:
+            if spec.idempotency_key:
+                for task in self._tasks.values():
+                    if task.spec.idempotency_key == spec.idempotency_key:
+                        return Submitted(await self.get(task.id), created=False)
+                existing = await self.store.active_with_key(spec.idempotency_key)
+                if existing is not None:
+                    return Submitted(await self.get(existing.id), created=False)
+            limits = self.policies.resolve(spec)
+            workspace = resolve_workspace(
+                spec.workspace,
+                self.settings.workspace_dir,
+                self.settings.allowed_workspace_roots,
+            )
+            task = Task(
+                id=new_task_id(),
+                spec=spec,
+                workspace=str(workspace.path),
+                mount_mode=limits.mount_mode,
+            )
+            tlog = TaskLog(task.id)
+            tlog.append("start", {"task_id": task.id, "prompt": spec.prompt})
+            task.last_seq = tlog.last_seq
+            await self.store.insert_task(task)
+            self._tasks[task.id] = task
+            self._logs[task.id] = tlog
+            self._queue.append(task.id)
+            await self._flush()
+        self._dispatch()
+        return Submitted(await self.get(task.id), created=True)
+
+    async def stop(self, task_id: str) -> Task:
+        task = await self.get(task_id)
+        if task.state.terminal:
+            raise Conflict(f"task {task_id} already ended ({task.state.value})")
+        if task.state is TaskState.QUEUED and task_id in self._queue:
+            self._queue.remove(task_id)
+            live = self._tasks[task_id]
+            live.outcome.error = "stopped while queued"
+            await self._finish(live, TaskState.STOPPED)
+            self._dispatch()
+            return await self.get(task_id)
+        run = self._runs.get(task_id)
+        if run is not None and not run.stop_requested:
+            run.stop_requested = True
+            self._logs[task_id].append("log", {"line": "stop requested"})
+            if run.task.container_id:
+                self._background(
+                    self.docker.stop(run.task.container_id, self.settings.stop_grace_s)
+                )
+        return await self.get(task_id)
+
+    async def stop_running(self) -> list[Task]:
+        return [await self.stop(run.task.id) for run in list(self._runs.values())]
+
+    # ------------------------------------------------------------------ scheduling
+
+    def _sorted_queue(self) -> list[str]:
+        order = {tid: n for n, tid in enumerate(self._queue)}
+        return sorted(self._queue, key=lambda t: (-self._tasks[t].spec.priority, order[t]))
+
+    def _position(self, task_id: str) -> int | None:
+        try:
+            return self._sorted_queue().index(task_id) + 1
+        except ValueError:
+            return None
+
+    def _dispatch(self) -> None:
+        if self._closing:
+            return
+        for task_id in self._sorted_queue():
+            if len(self._runs) >= self.settings.max_concurrent:
+                break
+            task = self._tasks[task_id]
+            rw = task.mount_mode is MountMode.RW
+            if rw and task.workspace in self._rw_locks:
+                continue  # another writer has this workspace; later tasks may still go
+            self._queue.remove(task_id)
+            if rw and task.workspace:
+                self._rw_locks.add(task.workspace)
+            self._launch(task)
+        for n, task_id in enumerate(self._sorted_queue(), 1):
+            if self._positions.get(task_id) != n:
+                self._positions[task_id] = n
+                self._logs[task_id].append("queued", {"position": n})
+
+    def _launch(self, task: Task, *, adopt: bool = False) -> None:
+        try:
+            limits = self.policies.resolve(task.spec)
+        except CboxError as exc:
+            task.outcome.error = f"policy no longer valid: {exc}"
+            self._background(self._finish(task, TaskState.FAILED))
+            return
+        parser: StreamJsonParser | CommandParser = (
+            CommandParser() if limits.policy.agent == "command" else StreamJsonParser()
+        )
+        run = _Run(task=task, limits=limits, parser=parser)
+        self._runs[task.id] = run
+        self._positions.pop(task.id, None)
+        coro = self._adopt(run) if adopt else self._run(run)
+        run.handle = asyncio.create_task(coro, name=f"cbox-run-{task.id}")
+
+    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run a coroutine we do not await, keeping a reference until it ends."""
+        job = asyncio.create_task(coro)
+        self._jobs.add(job)
+        job.add_done_callback(self._jobs.discard)
+
+    # ------------------------------------------------------------------ running
+
+    async def _run(self, run: _Run) -> None:
+        task = run.task
+        tlog = self._logs[task.id]
+        try:
+            workspace = resolve_workspace(
+                task.workspace, self.settings.workspace_dir, self.settings.allowed_workspace_roots
+            )
+            token = new_token()
+            task.gateway_token = token
+            self.gateway.register(token, task.id)
+            config = container_config(
+                task=task,
+                limits=run.limits,
+                workspace=workspace,
+                image=run.limits.policy.image or self.settings.image,
+                network=self.settings.network,
+                instance=self.settings.instance,
+                gateway=Gateway(url=self._gateway_url, token=token, oauth=self.gateway.uses_oauth),
+                passthrough_env=self._passthrough(run.limits),
+                stop_grace_s=self.settings.stop_grace_s,
+            )
+            task.container_id = await self.docker.create(f"cbox-{task.id}", config)
+            task.state = TaskState.RUNNING
+            task.started_at = time.time()
+            tlog.append(
+                "running",
+                {"container_id": task.container_id[:12], "mount_mode": run.limits.mount_mode.value},
+            )
+            await self._flush()
+            await self.docker.start(task.container_id)
+        except CboxError as exc:
+            task.outcome.error = str(exc)
+            await self._finish(task, TaskState.FAILED)
+            return
+        await self._follow(run)
+
+    async def _adopt(self, run: _Run) -> None:
+        """Continue a task whose container outlived the previous orchestrator."""
+        task = run.task
+        if task.gateway_token:
+            self.gateway.register(task.gateway_token, task.id)
+        # Rebuild the parser's state from the lines already processed.
+        after = 0
+        while after < task.lines_consumed:
+            lines = await self.store.raw_lines(task.id, after=after, limit=STORE_PAGE)
+            if not lines:
+                break
+            for line in lines[: task.lines_consumed - after]:
+                run.parser.feed(line)
+            after += len(lines)
+        self._logs[task.id].append("log", {"line": "orchestrator restarted; task re-adopted"})
+        await self._follow(run)
+
+    def _passthrough(self, limits: EffectiveLimits) -> dict[str, str]:
+        import os  # the only environment read outside Settings: names the policy lists
+
+        return {n: os.environ[n] for n in limits.policy.env_passthrough if n in os.environ}
+
+    async def _follow(self, run: _Run) -> None:
+        task = run.task
+        cid = task.container_id
+        assert cid is not None
+        tlog = self._logs[task.id]
+        started = task.started_at or time.time()
+        remaining = started + run.limits.timeout_s - time.time()
+        out = asyncio.create_task(self._consume(run, tlog, stderr=False))
+        err = asyncio.create_task(self._consume(run, tlog, stderr=True))
+        both = asyncio.gather(out, err)
+        info: ExitInfo | None = None
+        try:
+            try:
+                await asyncio.wait_for(asyncio.shield(both), max(remaining, 0.001))
+            except TimeoutError:
+                run.timed_out = True
+                tlog.append("log", {"line": f"timed out after {run.limits.timeout_s:g}s"})
+                await self.docker.stop(cid, self.settings.stop_grace_s)
+                await both
+            info = await self.docker.wait(cid)
+        except DockerError as exc:
+            task.outcome.error = str(exc)
+            await _cancel(out, err)
+        except asyncio.CancelledError:
+            # The orchestrator is closing: stop reading, leave the container
+            # running for the next start to adopt.
+            await _cancel(out, err)
+            raise
+        await self._complete(run, info)
+
+    async def _consume(self, run: _Run, tlog: TaskLog, *, stderr: bool) -> None:
+        task = run.task
+        assert task.container_id is not None
+        skip = task.stderr_consumed if stderr else task.lines_consumed
+        n = 0
+        async for line in self.docker.lines(task.container_id, stderr=stderr):
+            n += 1
+            if n <= skip:
+                continue
+            if stderr:
+                task.stderr_consumed += 1
+                if line.strip():
+                    tlog.append("stderr", {"line": line})
+                continue
+            task.lines_consumed += 1
+            tlog.pending_raw.append(line)
+            self._emit(tlog, run.parser.feed(line))
+
+    @staticmethod
+    def _emit(tlog: TaskLog, parsed: list[ParsedEvent]) -> None:
+        for event in parsed:
+            tlog.append(event.type, dict(event.data))
+
+    async def _complete(self, run: _Run, info: ExitInfo | None) -> None:
+        task = run.task
+        outcome = task.outcome
+        if info is not None:
+            outcome.exit_code = info.exit_code
+            outcome.oom_killed = info.oom_killed
+        self._apply_result(run, outcome)
+        if task.started_at is not None and outcome.duration_ms is None:
+            outcome.duration_ms = int((time.time() - task.started_at) * 1000)
+        if run.stop_requested:
+            state = TaskState.STOPPED
+            outcome.error = outcome.error or "stopped by request"
+        elif run.timed_out:
+            state = TaskState.TIMED_OUT
+            outcome.error = f"timed out after {run.limits.timeout_s:g}s"
+        elif info is None:
+            state = TaskState.FAILED
+        elif outcome.oom_killed:
+            state = TaskState.FAILED
+            outcome.error = f"out of memory: the container hit its {run.limits.memory_mb} MB limit"
+        elif outcome.exit_code == 0 and not outcome.is_error:
+            state = TaskState.COMPLETED
+        else:
+            state = TaskState.FAILED
+            if not outcome.error:
+                outcome.error = (
+                    str(outcome.result)[:500]
+                    if outcome.is_error and outcome.result
+                    else f"agent exited with code {outcome.exit_code}"
+                )
+        await self._finish(task, state)
+
+    @staticmethod
+    def _apply_result(run: _Run, outcome: Outcome) -> None:
+        parser = run.parser
+        if isinstance(parser, StreamJsonParser):
+            outcome.claude_session_id = parser.session_id
+            result = parser.result
+            if result is None:
+                return
+            outcome.is_error = bool(result.get("is_error"))
+            outcome.result = result.get("result")
+            outcome.cost_usd = result.get("total_cost_usd")
+            outcome.usage = result.get("usage")
+            outcome.num_turns = result.get("num_turns")
+            outcome.duration_ms = result.get("duration_ms")
+        elif parser.result is not None:
+            outcome.result = parser.result
+
+    async def _finish(self, task: Task, state: TaskState) -> None:
+        """Record the end: state, `done` event, store; then clean up the container."""
+        task.state = state
+        task.finished_at = time.time()
+        tlog = self._logs[task.id]
+        outcome = task.outcome
+        tlog.append(
+            "done",
+            {
+                "task_id": task.id,
+                "exit_code": outcome.exit_code,
+                "state": state.value,
+                "is_error": outcome.is_error,
+                "error": outcome.error,
+                "duration_ms": outcome.duration_ms,
+                "num_turns": outcome.num_turns,
+                "cost_usd": outcome.cost_usd,
+                "oom_killed": outcome.oom_killed,
+                "result": outcome.result,
+            },
+        )
+        tlog.close()
+        await self._flush()
+        self.gateway.revoke(task.gateway_token)
+        if task.container_id:
+            try:
+                await self.docker.remove(task.container_id)
+            except DockerError as exc:
+                log.warning("could not remove container of %s: %s", task.id, exc)
+        self._runs.pop(task.id, None)
+        self._tasks.pop(task.id, None)
+        self._logs.pop(task.id, None)
+        self._positions.pop(task.id, None)
+        if task.mount_mode is MountMode.RW and task.workspace:
+            self._rw_locks.discard(task.workspace)
+        self._dispatch()
+
+    # ------------------------------------------------------------------ persistence
+
+    async def _flush(self) -> None:
+        async with self._flush_lock:
+            for task_id, tlog in list(self._logs.items()):
+                if not tlog.pending and not tlog.pending_raw:
+                    continue
+                task = self._tasks.get(task_id)
+                if task is None:
+                    continue
+                task.last_seq = tlog.last_seq
+                events, raw = tlog.take_pending()
+                await self.store.append(task, events, raw)
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL_S)
+            try:
+                await self._flush()
+            except Exception:  # keep flushing; the next round retries the rest
+                log.exception("flushing events failed")
+
+    async def _recover(self) -> None:
+        containers = {c.task_id: c for c in await self.docker.managed(self.settings.instance)}
+        adopt: list[Task] = []
+        for state in ACTIVE:
+            offset = 0
+            while True:
+                page = await self.store.list_tasks(states=[state], limit=500, offset=offset)
+                offset += len(page)
+                for task in page:
+                    events = await self._load_events(task.id)
+                    tlog = TaskLog(task.id, events)
+                    self._tasks[task.id] = task
+                    self._logs[task.id] = tlog
+                    container = containers.pop(task.id, None)
+                    if state is TaskState.RUNNING and container is not None:
+                        adopt.append(task)
+                    elif state is TaskState.RUNNING:
+                        task.outcome.error = "container lost while the orchestrator was down"
+                        await self._finish(task, TaskState.FAILED)
+                    else:
+                        if container is not None:
+                            await self.docker.remove(container.id)
+                        self._queue.append(task.id)
+                if len(page) < 500:
+                    break
+        for stranger in containers.values():
+            log.info("removing container %s of unknown task %s", stranger.id[:12], stranger.task_id)
+            await self.docker.remove(stranger.id)
+        self._queue.sort(key=lambda t: self._tasks[t].created_at)
+        for task in adopt:
+            if task.mount_mode is MountMode.RW and task.workspace:
+                self._rw_locks.add(task.workspace)
+            self._launch(task, adopt=True)
+
+    async def _load_events(self, task_id: str) -> list[Event]:
+        events: list[Event] = []
+        while True:
+            page = await self.store.events(
+                task_id, after=events[-1].seq if events else 0, limit=STORE_PAGE
+            )
+            events.extend(page)
+            if len(page) < STORE_PAGE:
+                return events
+
+
+async def _cancel(*jobs: asyncio.Task[Any]) -> None:
+    for job in jobs:
+        job.cancel()
+    await asyncio.gather(*jobs, return_exceptions=True)
+
+
+@contextlib.asynccontextmanager
+async def running_service(settings: Settings) -> AsyncIterator[TaskService]:
+    """Build the service from settings, start it, and close it on exit."""
+    from cbox.orchestrator.store import SqliteStore
+
+    policies = PolicySet.load(settings.policies_dir)
+    service = TaskService(
+        settings, SqliteStore(settings.db_path), DockerBackend(settings.docker_host), policies
+    )
+    await service.start()
+    try:
+        yield service
+    finally:
+        await service.close()

@@ -1,0 +1,230 @@
+"""Persistence of tasks and their event logs.
+
+The service talks to a `Store` protocol; `SqliteStore` (one file, the embedded
+default) is the real implementation and the one tests use. A task row keeps
+the whole `Task` as JSON plus the columns we filter or sort on; events and raw
+agent lines are separate tables keyed by (task, seq) so replay is an index
+range scan.
+
+`append` writes events, raw lines and the task's `lines_consumed`/`last_seq`
+in one transaction: after a crash the stored log and the count of consumed
+container log lines always agree, which is what lets re-adoption resume the
+log stream exactly where the store left off.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import aiosqlite
+
+from cbox.errors import ConfigError
+from cbox.models import Event, Task, TaskState
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    idempotency_key TEXT,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tasks_state ON tasks (state, priority DESC, created_at);
+CREATE INDEX IF NOT EXISTS tasks_created ON tasks (created_at DESC);
+CREATE INDEX IF NOT EXISTS tasks_idem ON tasks (idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE TABLE IF NOT EXISTS events (
+    task_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    ts REAL NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (task_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS raw_lines (
+    task_id TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    line TEXT NOT NULL,
+    PRIMARY KEY (task_id, n)
+) WITHOUT ROWID;
+"""
+
+ACTIVE_STATES = (TaskState.QUEUED.value, TaskState.RUNNING.value)
+
+
+class Store(Protocol):
+    """What the service needs from persistence."""
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def insert_task(self, task: Task) -> None: ...
+    async def update_task(self, task: Task) -> None: ...
+    async def get_task(self, task_id: str) -> Task | None: ...
+    async def list_tasks(
+        self, *, states: Sequence[TaskState] | None, limit: int, offset: int
+    ) -> list[Task]: ...
+    async def count_tasks(self, *, states: Sequence[TaskState] | None) -> int: ...
+    async def active_with_key(self, key: str) -> Task | None: ...
+    async def append(self, task: Task, events: Sequence[Event], raw: Sequence[str]) -> None: ...
+    async def events(self, task_id: str, *, after: int, limit: int) -> list[Event]: ...
+    async def raw_lines(self, task_id: str, *, after: int, limit: int) -> list[str]: ...
+    async def get_meta(self, key: str) -> str | None: ...
+    async def set_meta(self, key: str, value: str) -> None: ...
+
+
+class SqliteStore:
+    """SQLite in WAL mode through aiosqlite (its own thread, so the loop never blocks)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db: aiosqlite.Connection | None = None
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise RuntimeError("store is not open")
+        return self._db
+
+    async def open(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = await aiosqlite.connect(self.path)
+            await self._db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode survives a process crash (kill -9); only an OS
+            # crash can lose the last transactions.
+            await self._db.execute("PRAGMA synchronous=NORMAL")
+            await self._db.executescript(_SCHEMA)
+            await self._db.commit()
+        except (OSError, aiosqlite.Error) as exc:
+            raise ConfigError(f"cannot open the database {self.path}: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    @staticmethod
+    def _row(task: Task) -> tuple[str, str, int, float, str | None, str]:
+        return (
+            task.id,
+            task.state.value,
+            task.spec.priority,
+            task.created_at,
+            task.spec.idempotency_key,
+            task.model_dump_json(),
+        )
+
+    async def insert_task(self, task: Task) -> None:
+        await self.db.execute(
+            "INSERT INTO tasks (id, state, priority, created_at, idempotency_key, data)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            self._row(task),
+        )
+        await self.db.commit()
+
+    async def update_task(self, task: Task) -> None:
+        await self._update(task)
+        await self.db.commit()
+
+    async def _update(self, task: Task) -> None:
+        await self.db.execute(
+            "UPDATE tasks SET state = ?, data = ? WHERE id = ?",
+            (task.state.value, task.model_dump_json(), task.id),
+        )
+
+    async def get_task(self, task_id: str) -> Task | None:
+        async with self.db.execute("SELECT data FROM tasks WHERE id = ?", (task_id,)) as cur:
+            row = await cur.fetchone()
+        return None if row is None else Task.model_validate_json(row[0])
+
+    @staticmethod
+    def _where(states: Sequence[TaskState] | None) -> tuple[str, list[str]]:
+        if not states:
+            return "", []
+        marks = ",".join("?" for _ in states)
+        return f"WHERE state IN ({marks})", [s.value for s in states]
+
+    async def list_tasks(
+        self, *, states: Sequence[TaskState] | None, limit: int, offset: int
+    ) -> list[Task]:
+        where, args = self._where(states)
+        sql = f"SELECT data FROM tasks {where} ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?"
+        async with self.db.execute(sql, (*args, limit, offset)) as cur:
+            rows = await cur.fetchall()
+        return [Task.model_validate_json(r[0]) for r in rows]
+
+    async def count_tasks(self, *, states: Sequence[TaskState] | None) -> int:
+        where, args = self._where(states)
+        async with self.db.execute(f"SELECT COUNT(*) FROM tasks {where}", args) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def active_with_key(self, key: str) -> Task | None:
+        async with self.db.execute(
+            "SELECT data FROM tasks WHERE idempotency_key = ? AND state IN (?, ?)"
+            " ORDER BY created_at DESC LIMIT 1",
+            (key, *ACTIVE_STATES),
+        ) as cur:
+            row = await cur.fetchone()
+        return None if row is None else Task.model_validate_json(row[0])
+
+    async def append(self, task: Task, events: Sequence[Event], raw: Sequence[str]) -> None:
+        # Snapshot everything before the first await: the caller keeps
+        # mutating `task` while we write, and the row must match this batch.
+        first_raw = task.lines_consumed - len(raw)
+        state, data = task.state.value, task.model_dump_json()
+        rows = _event_rows(events)
+        await self.db.executemany(
+            "INSERT INTO events (task_id, seq, type, ts, data) VALUES (?, ?, ?, ?, ?)",
+            rows,
+        )
+        if raw:
+            await self.db.executemany(
+                "INSERT INTO raw_lines (task_id, n, line) VALUES (?, ?, ?)",
+                [(task.id, first_raw + i + 1, line) for i, line in enumerate(raw)],
+            )
+        await self.db.execute(
+            "UPDATE tasks SET state = ?, data = ? WHERE id = ?", (state, data, task.id)
+        )
+        await self.db.commit()
+
+    async def events(self, task_id: str, *, after: int, limit: int) -> list[Event]:
+        async with self.db.execute(
+            "SELECT seq, type, ts, data FROM events WHERE task_id = ? AND seq > ?"
+            " ORDER BY seq LIMIT ?",
+            (task_id, after, limit),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [
+            Event(seq=r[0], task_id=task_id, type=r[1], ts=r[2], data=json.loads(r[3]))
+            for r in rows
+        ]
+
+    async def raw_lines(self, task_id: str, *, after: int, limit: int) -> list[str]:
+        async with self.db.execute(
+            "SELECT line FROM raw_lines WHERE task_id = ? AND n > ? ORDER BY n LIMIT ?",
+            (task_id, after, limit),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [r[0] for r in rows]
+
+    async def get_meta(self, key: str) -> str | None:
+        async with self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)) as cur:
+            row = await cur.fetchone()
+        return None if row is None else str(row[0])
+
+    async def set_meta(self, key: str, value: str) -> None:
+        await self.db.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+        await self.db.commit()
+
+
+def _event_rows(events: Iterable[Event]) -> list[tuple[str, int, str, float, str]]:
+    return [(e.task_id, e.seq, e.type, e.ts, json.dumps(e.data)) for e in events]

@@ -1,0 +1,384 @@
+"""Turn an agent's stdout, one line at a time, into claude-box events.
+
+Two dialects reach us: Claude Code's `--output-format stream-json --verbose`
+(`StreamJsonParser`) and the small protocol for custom agents (`CommandParser`).
+The lines come from a sandbox we do not trust to behave, so `feed` never
+raises: a garbled line must not end a task's event log. Anything we cannot read
+passes through as a plain `output` line or is dropped.
+
+Every typed event is followed by the `output` lines derived from it, so a
+client that only prints `output` still sees what the agent did. The shapes
+below follow the recordings in `fixtures/claude-code` (Claude Code 2.1.332).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+#: A `cat` of a big file must not bloat the event log; the agent saw it all anyway.
+MAX_TOOL_RESULT_CHARS = 2000
+#: One `output` line is one stored row and one SSE frame; a runaway line is cut here.
+MAX_OUTPUT_LINE_CHARS = 8000
+#: Tool summaries and error lines are meant to fit one terminal line.
+SUMMARY_CHARS = 120
+#: Printed by `cbox-entry` when the agent left /cbox/result.json behind.
+RESULT_FILE_TYPE = "cbox.result_file"
+#: Event names a custom agent may send as `{"event": ..., "data": {...}}`.
+CUSTOM_EVENT_TYPES = frozenset({"output", "assistant", "tool_use", "tool_result", "log", "result"})
+
+_INIT_KEYS = ("session_id", "model", "cwd", "claude_code_version")
+_RESULT_KEYS = (
+    "subtype",
+    "is_error",
+    "result",
+    "total_cost_usd",
+    "usage",
+    "num_turns",
+    "duration_ms",
+    "session_id",
+)
+_NOT_JSON = object()
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedEvent:
+    """One event read from an agent's stdout; `data` is always JSON-serializable."""
+
+    type: str
+    data: dict[str, Any]
+
+
+def summarize_tool_use(name: str, tool_input: dict[str, Any]) -> str:
+    """One human line for a tool call, e.g. `Bash: ls -la` or `Write a.txt (6 bytes)`.
+
+    Known tools get a hand-picked field (the path, the command); anything else,
+    including a known tool missing that field, shows its input as compact JSON.
+    """
+    args = tool_input if isinstance(tool_input, dict) else {}
+    text = _known_tool_summary(name, args)
+    if text is None:
+        shown = json.dumps(args, ensure_ascii=False, separators=(",", ":"), default=str)
+        text = f"{name} {shown}" if args else name
+    return _one_line(text, SUMMARY_CHARS)
+
+
+def _known_tool_summary(name: str, args: dict[str, Any]) -> str | None:
+    path = _str(args.get("file_path")) or _str(args.get("notebook_path"))
+    if name == "Write" and path:
+        content = args.get("content")
+        if isinstance(content, str):
+            return f"Write {path} ({len(content.encode('utf-8', 'replace'))} bytes)"
+        return f"Write {path}"
+    if name in ("Read", "Edit", "MultiEdit", "NotebookEdit") and path:
+        return f"{name} {path}"
+    if name == "Bash" and _str(args.get("command")):
+        return f"Bash: {_str(args.get('command'))}"
+    if name in ("Grep", "Glob") and _str(args.get("pattern")):
+        where = _str(args.get("path"))
+        return f"{name} '{_str(args.get('pattern'))}'" + (f" in {where}" if where else "")
+    if name == "WebFetch" and _str(args.get("url")):
+        return f"WebFetch {_str(args.get('url'))}"
+    if name == "WebSearch" and _str(args.get("query")):
+        return f"WebSearch '{_str(args.get('query'))}'"
+    if name in ("Task", "Agent") and _str(args.get("description")):
+        return f"{name}: {_str(args.get('description'))}"
+    if name == "TodoWrite" and isinstance(args.get("todos"), list):
+        return f"TodoWrite ({len(args['todos'])} items)"
+    return None
+
+
+class StreamJsonParser:
+    """Stateful parser for Claude Code's stream-json; one per task.
+
+    `session_id` comes from `system/init` (or `result`) and is what `--resume`
+    needs later. `result` is the raw final `result` object; it stays None for a
+    killed run, which prints no result line (see stop.jsonl), so the caller must
+    record that outcome itself. `file_result` holds what the agent left in
+    /cbox/result.json, if `cbox-entry` reported one.
+    """
+
+    def __init__(self) -> None:
+        self.session_id: str | None = None
+        self.result: dict[str, Any] | None = None
+        self.file_result: Any = None
+
+    def feed(self, line: str) -> list[ParsedEvent]:
+        """Events for one stdout line, typed event first, then its `output` lines."""
+        text = line.rstrip("\r\n")
+        if not text.strip():
+            return []
+        obj = _loads(text)
+        if not isinstance(obj, dict):
+            return [_output(text)]
+        try:
+            return self._dispatch(obj)
+        except Exception:
+            # A parser bug must cost one line, never the task's event stream.
+            logger.exception("could not parse a stream-json line; passing it through")
+            return [_output(text)]
+
+    def _dispatch(self, obj: dict[str, Any]) -> list[ParsedEvent]:
+        kind = obj.get("type")
+        if kind == "system":
+            events = self._system(obj)
+        elif kind == "assistant":
+            events = _assistant(obj)
+        elif kind == "user":
+            events = _tool_results(obj)
+        elif kind == "result":
+            events = self._result(obj)
+        elif kind == RESULT_FILE_TYPE:
+            self.file_result = obj.get("result")
+            events = [ParsedEvent("result", {"result": self.file_result, "source": "file"})]
+        else:
+            return []  # stream_event, rate limits, future types: not ours to show
+        # init and result are authoritative; any other line only fills a gap.
+        authoritative = kind == "result" or obj.get("subtype") == "init"
+        if _str(obj.get("session_id")) and (authoritative or self.session_id is None):
+            self.session_id = obj["session_id"]
+        return events
+
+    def _system(self, obj: dict[str, Any]) -> list[ParsedEvent]:
+        subtype = _str(obj.get("subtype"))
+        if subtype == "api_retry":
+            keys = ("attempt", "max_retries", "retry_delay_ms", "error_status", "error")
+            retry = {k: obj[k] for k in keys if k in obj}
+            return [ParsedEvent("api_retry", retry), _output(_retry_line(retry))]
+        if subtype == "init":
+            tools = obj.get("tools")
+            names = [t for t in tools if isinstance(t, str)] if isinstance(tools, list) else []
+            data = {"subtype": "init", **{k: obj.get(k) for k in _INIT_KEYS}, "tools": names}
+            return [ParsedEvent("system", data)]
+        # task_started, task_notification, compact_boundary, ...: keep the scalars.
+        data = {"subtype": subtype or None}
+        for key, value in obj.items():
+            if key in ("type", "subtype", "uuid", "session_id"):
+                continue
+            if isinstance(value, str):
+                data[key] = _clip(value, 500)
+            elif value is None or isinstance(value, bool | int | float):
+                data[key] = value
+        return [ParsedEvent("system", data)]
+
+    def _result(self, obj: dict[str, Any]) -> list[ParsedEvent]:
+        self.result = obj
+        data = {k: obj.get(k) for k in _RESULT_KEYS}
+        data.update({k: obj[k] for k in ("api_error_status", "errors") if obj.get(k) is not None})
+        if not isinstance(data["is_error"], bool):
+            # Success is `is_error`, not `subtype` (err500 says "success"), unless it is missing.
+            data["is_error"] = _str(data["subtype"]).startswith("error")
+        return [ParsedEvent("result", data), _output(_result_line(data))]
+
+
+class CommandParser:
+    """Parser for custom agents (any command: the "custom agent protocol").
+
+    Every stdout line is an `output` line, except a JSON object
+    `{"event": <name>, "data": {...}}` with a name from `CUSTOM_EVENT_TYPES`,
+    which becomes that typed event. A wrong shape falls back to plain output,
+    so an agent that merely prints JSON never loses a line. `result` is what
+    the agent reported, by a `result` event or through /cbox/result.json.
+    """
+
+    def __init__(self) -> None:
+        self.result: Any = None
+
+    def feed(self, line: str) -> list[ParsedEvent]:
+        """Events for one stdout line; blank lines yield nothing."""
+        text = line.rstrip("\r\n")
+        if not text.strip():
+            return []
+        obj = _loads(text) if text.lstrip().startswith("{") else _NOT_JSON
+        if isinstance(obj, dict):
+            try:
+                events = self._typed(obj)
+            except Exception:
+                logger.exception("could not parse a custom agent event; passing it through")
+                events = None
+            if events is not None:
+                return events
+        return [_output(text)]
+
+    def _typed(self, obj: dict[str, Any]) -> list[ParsedEvent] | None:
+        if obj.get("type") == RESULT_FILE_TYPE:
+            self.result = obj.get("result")
+            return [ParsedEvent("result", {"result": self.result, "source": "file"})]
+        name, data = obj.get("event"), obj.get("data")
+        if name not in CUSTOM_EVENT_TYPES or not isinstance(data, dict):
+            return None
+        if name == "output":
+            line = data.get("line")
+            if not isinstance(line, str):
+                return None
+            return [ParsedEvent("output", {**data, "line": _clip(line, MAX_OUTPUT_LINE_CHARS)})]
+        if name == "assistant":
+            text = data.get("text")
+            return [ParsedEvent("assistant", data), *_text_lines(text)] if _str(text) else None
+        if name == "tool_use":
+            tool = _str(data.get("name"))
+            if not tool:
+                return None
+            summary = data.get("summary")
+            if not isinstance(summary, str):
+                args = data.get("input")
+                summary = summarize_tool_use(tool, args if isinstance(args, dict) else {})
+            data = {**data, "summary": summary}
+            return [ParsedEvent("tool_use", data), _output(f"→ {summary}")]
+        if name == "tool_result":
+            events = [ParsedEvent("tool_result", data)]
+            if data.get("is_error") is True:
+                events.append(_error_line(_tool_result_text(data.get("content"))))
+            return events
+        if name == "result":
+            self.result = data.get("result")
+        return [ParsedEvent(name, data)]
+
+
+def _assistant(obj: dict[str, Any]) -> list[ParsedEvent]:
+    """One `assistant` per text block, one `tool_use` per tool call; thinking is skipped."""
+    message = obj.get("message")
+    if not isinstance(message, dict):
+        return []
+    content = message.get("content")
+    blocks = [{"type": "text", "text": content}] if isinstance(content, str) else content
+    extra = _parent(obj)
+    if obj.get("is_api_error_message") is True:
+        extra["api_error"] = True  # err500.jsonl: a synthetic "API Error: 500 ..." message
+    message_id = message.get("id") if isinstance(message.get("id"), str) else None
+    events: list[ParsedEvent] = []
+    for block in blocks if isinstance(blocks, list) else []:
+        if not isinstance(block, dict):
+            continue
+        if block.get("type") == "text" and _str(block.get("text")).strip():
+            data = {"text": block["text"], "message_id": message_id, **extra}
+            events += [ParsedEvent("assistant", data), *_text_lines(block["text"])]
+        elif block.get("type") == "tool_use":
+            name = _str(block.get("name")) or "?"
+            args: dict[str, Any] = block["input"] if isinstance(block.get("input"), dict) else {}
+            summary = summarize_tool_use(name, args)
+            tool_id = block.get("id") if isinstance(block.get("id"), str) else None
+            data = {"id": tool_id, "name": name, "input": args, "summary": summary, **extra}
+            events += [ParsedEvent("tool_use", data), _output(f"→ {summary}")]
+    return events
+
+
+def _tool_results(obj: dict[str, Any]) -> list[ParsedEvent]:
+    """`tool_result` blocks of a `user` message; other user content is our own prompt."""
+    message = obj.get("message")
+    content = message.get("content") if isinstance(message, dict) else None
+    events: list[ParsedEvent] = []
+    for block in content if isinstance(content, list) else []:
+        if not isinstance(block, dict) or block.get("type") != "tool_result":
+            continue
+        text = _tool_result_text(block.get("content"))
+        is_error = block.get("is_error") is True
+        tool_use_id = block.get("tool_use_id")
+        data = {
+            "tool_use_id": tool_use_id if isinstance(tool_use_id, str) else None,
+            "is_error": is_error,
+            "content": text[:MAX_TOOL_RESULT_CHARS],
+            "truncated": len(text) > MAX_TOOL_RESULT_CHARS,
+            **_parent(obj),
+        }
+        events.append(ParsedEvent("tool_result", data))
+        if is_error:
+            events.append(_error_line(text))
+    return events
+
+
+def _tool_result_text(content: Any) -> str:
+    """A tool result is a string or a list of blocks (text, image, ...)."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    if not isinstance(content, list):
+        return json.dumps(content, ensure_ascii=False, default=str)
+    blocks = [b if isinstance(b, dict) else {"text": b} for b in content]
+    return "\n".join(
+        b["text"] if isinstance(b.get("text"), str) else f"[{_str(b.get('type')) or 'block'}]"
+        for b in blocks
+    )
+
+
+def _retry_line(retry: dict[str, Any]) -> str:
+    status = retry.get("error_status") or retry.get("error") or "?"
+    line = f"API error {status}, retry {retry.get('attempt', '?')}/{retry.get('max_retries', '?')}"
+    delay_ms = _number(retry.get("retry_delay_ms"))
+    return line if delay_ms is None else f"{line} in {delay_ms / 1000:.1f}s"
+
+
+def _result_line(data: dict[str, Any]) -> str:
+    if data["is_error"]:
+        errors = data.get("errors")
+        reason = _str(data.get("result")) or (
+            "; ".join(e for e in errors if isinstance(e, str)) if isinstance(errors, list) else ""
+        )
+        subtype = _str(data.get("subtype"))
+        label = subtype if subtype.startswith("error") else "error"
+        return f"✗ {label}: {_one_line(reason or 'no detail given', 200)}"
+    parts = ["completed"]
+    duration_ms = _number(data.get("duration_ms"))
+    if duration_ms is not None:
+        parts[0] += f" in {duration_ms / 1000:.1f}s"
+    turns = _number(data.get("num_turns"))
+    if turns is not None:
+        parts.append(f"{turns:g} turn" + ("" if turns == 1 else "s"))
+    cost = _number(data.get("total_cost_usd"))
+    if cost is not None:
+        parts.append(f"${cost:.4f}")
+    return "✓ " + ", ".join(parts)
+
+
+def _error_line(text: str) -> ParsedEvent:
+    first = text.strip().splitlines()[0] if text.strip() else "tool error"
+    return _output("✗ " + _one_line(first, 200))
+
+
+def _text_lines(text: Any) -> list[ParsedEvent]:
+    """Assistant text as output lines; blank lines inside a paragraph break are kept."""
+    lines = _str(text).strip("\n").splitlines()
+    return [_output(line.rstrip()) for line in lines]
+
+
+def _output(line: str) -> ParsedEvent:
+    return ParsedEvent("output", {"line": _clip(line, MAX_OUTPUT_LINE_CHARS)})
+
+
+def _parent(obj: dict[str, Any]) -> dict[str, Any]:
+    """Sub-agent (Task tool) messages carry the tool call they belong to."""
+    parent = obj.get("parent_tool_use_id")
+    return {"parent_tool_use_id": parent} if isinstance(parent, str) else {}
+
+
+def _loads(text: str) -> Any:
+    """JSON or `_NOT_JSON`. NaN/Infinity are refused: they would not survive JSON out."""
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):  # RecursionError: "[[[[..." thousands deep
+        return _NOT_JSON
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def _one_line(text: str, limit: int) -> str:
+    return _clip(" ⏎ ".join(text.splitlines()), limit)
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _str(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)

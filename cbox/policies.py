@@ -1,0 +1,171 @@
+"""Policies: what a task may do, as named TOML files.
+
+A policy is both the default and the ceiling for a task: a request may
+tighten any limit (less memory, a shorter timeout, read-only) but never loosen
+one — that gets a `PolicyViolation` naming the field. Built-in policies ship
+in `cbox/builtin_policies/`; files in `CBOX_POLICIES_DIR` add new ones or
+replace built-ins of the same name. A broken file stops start-up with the
+file, the field and the reason (`ConfigError`).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterable
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cbox.errors import ConfigError, InvalidRequest, PolicyViolation
+from cbox.models import MountMode, TaskSpec
+
+
+class Policy(BaseModel):
+    """One policy file. Every limit here is a ceiling for the tasks using it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field("", description="Set from the file name.")
+    description: str = ""
+    aliases: list[str] = Field(default_factory=list)
+    workspace: Literal["ro", "rw"] = Field("rw", description="Workspace mount mode.")
+    network: Literal["gateway"] = Field(
+        "gateway", description="gateway: the model API through the host gateway, nothing else."
+    )
+    cpus: float = Field(2.0, gt=0, le=256)
+    memory_mb: int = Field(4096, ge=64)
+    pids: int = Field(512, ge=16)
+    nofile: int = Field(4096, ge=64)
+    timeout_s: float = Field(3600, gt=0)
+    model: str | None = None
+    max_turns: int | None = Field(None, gt=0)
+    allowed_tools: list[str] = Field(default_factory=list)
+    disallowed_tools: list[str] = Field(default_factory=list)
+    append_system_prompt: str | None = None
+    env_passthrough: list[str] = Field(
+        default_factory=list, description="Host environment variables passed in by name."
+    )
+    image: str | None = Field(None, description="Sandbox image; default CBOX_IMAGE.")
+    agent: Literal["claude", "command"] = "claude"
+    command: list[str] = Field(
+        default_factory=list, description="For agent = 'command': argv run in the box."
+    )
+
+
+class EffectiveLimits(BaseModel):
+    """A policy with one request's tightenings applied: what the runner uses."""
+
+    model_config = ConfigDict(frozen=True)
+
+    policy: Policy
+    mount_mode: MountMode
+    cpus: float
+    memory_mb: int
+    pids: int
+    timeout_s: float
+    model: str | None
+    max_turns: int | None
+
+
+def _load_file(path: Path, text: str) -> Policy:
+    try:
+        raw: dict[str, Any] = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"policy file {path}: not valid TOML: {exc}") from exc
+    raw["name"] = path.stem
+    try:
+        policy = Policy.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "(file)"
+        raise ConfigError(f"policy file {path}: field {where}: {err['msg']}") from exc
+    if policy.agent == "command" and not policy.command:
+        raise ConfigError(f"policy file {path}: field command: required when agent = 'command'")
+    return policy
+
+
+def _builtin_files() -> Iterable[tuple[Path, str]]:
+    root = resources.files("cbox") / "builtin_policies"
+    for entry in sorted(root.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".toml"):
+            yield Path(f"<builtin>/{entry.name}"), entry.read_text(encoding="utf-8")
+
+
+class PolicySet:
+    """All policies the server knows, by name and alias."""
+
+    def __init__(self, policies: Iterable[Policy]) -> None:
+        self._by_name: dict[str, Policy] = {}
+        for policy in policies:
+            self._by_name[policy.name] = policy
+        self._aliases = {
+            alias: p.name for p in self._by_name.values() for alias in p.aliases
+        }
+
+    @classmethod
+    def load(cls, directory: Path | None) -> PolicySet:
+        found = {p.name: p for p in (_load_file(path, text) for path, text in _builtin_files())}
+        if directory is not None:
+            if not directory.is_dir():
+                raise ConfigError(f"policies directory {directory} does not exist")
+            for path in sorted(directory.glob("*.toml")):
+                try:
+                    text = path.read_text(encoding="utf-8")
+                except OSError as exc:
+                    raise ConfigError(f"policy file {path}: {exc}") from exc
+                found[path.stem] = _load_file(path, text)
+        return cls(found.values())
+
+    def names(self) -> list[str]:
+        return sorted(self._by_name)
+
+    def all(self) -> list[Policy]:
+        return [self._by_name[n] for n in self.names()]
+
+    def get(self, name: str) -> Policy:
+        real = self._aliases.get(name, name)
+        try:
+            return self._by_name[real]
+        except KeyError:
+            known = ", ".join(self.names())
+            raise InvalidRequest(
+                f"unknown policy {name!r} (known: {known})", field="policy"
+            ) from None
+
+    def resolve(self, spec: TaskSpec) -> EffectiveLimits:
+        """Apply the request's tightenings; refuse any that would loosen a ceiling."""
+        policy = self.get(spec.policy)
+
+        def tighten(field: str, asked: float | None, ceiling: float) -> float:
+            if asked is None:
+                return ceiling
+            if asked > ceiling:
+                raise PolicyViolation(
+                    f"{field}={asked:g} exceeds the ceiling {ceiling:g} of policy "
+                    f"{policy.name!r}",
+                    field=field,
+                )
+            return asked
+
+        max_turns = policy.max_turns
+        if spec.max_turns is not None:
+            if max_turns is not None and spec.max_turns > max_turns:
+                raise PolicyViolation(
+                    f"max_turns={spec.max_turns} exceeds the ceiling {max_turns} of policy "
+                    f"{policy.name!r}",
+                    field="max_turns",
+                )
+            max_turns = spec.max_turns
+        ro = spec.read_only or policy.workspace == "ro"
+        return EffectiveLimits(
+            policy=policy,
+            mount_mode=MountMode.RO if ro else MountMode.RW,
+            cpus=tighten("cpus", spec.cpus, policy.cpus),
+            memory_mb=int(tighten("memory_mb", spec.memory_mb, policy.memory_mb)),
+            pids=int(tighten("pids", spec.pids, policy.pids)),
+            timeout_s=tighten("timeout_s", spec.timeout_s, policy.timeout_s),
+            model=spec.model or policy.model,
+            max_turns=max_turns,
+        )

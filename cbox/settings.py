@@ -1,0 +1,103 @@
+"""One settings object, built once at the edge (CLI entry) and passed down.
+
+The seed's environment names are kept as they were (`AGENT_HOST`, `AGENT_PORT`,
+`WORKSPACE_DIR`, `ANTHROPIC_API_KEY`, ...); everything new takes the `CBOX_`
+prefix. Nothing else in claude-box reads `os.environ`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_data_dir() -> Path:
+    return Path.home() / ".local" / "share" / "cbox"
+
+
+class Settings(BaseSettings):
+    """Every knob of the orchestrator; each field documents its environment name."""
+
+    model_config = SettingsConfigDict(env_prefix="CBOX_", extra="ignore", populate_by_name=True)
+
+    host: str = Field(
+        "0.0.0.0",
+        validation_alias=AliasChoices("AGENT_HOST", "CBOX_HOST"),
+        description="AGENT_HOST: address the HTTP API listens on.",
+    )
+    port: int = Field(
+        8080,
+        ge=0,
+        le=65535,
+        validation_alias=AliasChoices("AGENT_PORT", "CBOX_PORT"),
+        description="AGENT_PORT: port of the HTTP API.",
+    )
+    workspace_dir: Path = Field(
+        Path("/workspace"),
+        validation_alias=AliasChoices("WORKSPACE_DIR", "CBOX_WORKSPACE_DIR"),
+        description="WORKSPACE_DIR: host path mounted into tasks that name no workspace.",
+    )
+    allowed_workspace_roots: list[Path] = Field(
+        default_factory=list,
+        description="CBOX_ALLOWED_WORKSPACE_ROOTS (JSON list): host paths a task may name as "
+        "its workspace. Empty means only WORKSPACE_DIR and paths below it.",
+    )
+    anthropic_api_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("ANTHROPIC_API_KEY", "CBOX_ANTHROPIC_API_KEY"),
+        description="ANTHROPIC_API_KEY: the real credential. It never enters a container; "
+        "the gateway swaps it in.",
+    )
+    claude_code_oauth_token: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("CLAUDE_CODE_OAUTH_TOKEN", "CBOX_CLAUDE_CODE_OAUTH_TOKEN"),
+        description="CLAUDE_CODE_OAUTH_TOKEN: subscription credential, used when no API key.",
+    )
+    anthropic_base_url: str = Field(
+        "https://api.anthropic.com",
+        validation_alias=AliasChoices("ANTHROPIC_BASE_URL", "CBOX_ANTHROPIC_BASE_URL"),
+        description="ANTHROPIC_BASE_URL: where the agent's API traffic ends up, as this host "
+        "sees it. Containers reach it through the gateway.",
+    )
+    image: str = Field("cbox-sandbox:latest", description="CBOX_IMAGE: sandbox image tag.")
+    db_path: Path = Field(
+        default_factory=lambda: _default_data_dir() / "cbox.db",
+        description="CBOX_DB_PATH: the SQLite file holding tasks and event logs.",
+    )
+    max_concurrent: int = Field(2, ge=1, le=256, description="CBOX_MAX_CONCURRENT: running cap.")
+    policies_dir: Path | None = Field(
+        None, description="CBOX_POLICIES_DIR: directory of extra or overriding policy files."
+    )
+    network: str = Field(
+        "cbox-tasks",
+        description="CBOX_NETWORK: internal Docker network task containers join; its only "
+        "way out is the gateway on the host.",
+    )
+    gateway_port: int = Field(
+        0, ge=0, le=65535, description="CBOX_GATEWAY_PORT: gateway port (0 picks a free one)."
+    )
+    api_token: SecretStr | None = Field(
+        None,
+        description="CBOX_API_TOKEN: when set, API calls need `Authorization: Bearer <token>`.",
+    )
+    max_body_bytes: int = Field(
+        1_048_576, ge=1024, description="CBOX_MAX_BODY_BYTES: request body size cap."
+    )
+    keepalive_s: float = Field(
+        15.0, gt=0, description="CBOX_KEEPALIVE_S: SSE keep-alive comment interval."
+    )
+    stop_grace_s: float = Field(
+        5.0, ge=0, description="CBOX_STOP_GRACE_S: SIGTERM-to-SIGKILL grace on stop."
+    )
+    instance: str = Field(
+        "default",
+        description="CBOX_INSTANCE: name of this orchestrator; it only adopts or removes "
+        "containers labelled with the same name.",
+    )
+    docker_host: str | None = Field(
+        None,
+        validation_alias=AliasChoices("DOCKER_HOST", "CBOX_DOCKER_HOST"),
+        description="DOCKER_HOST: engine address; default is the local socket.",
+    )

@@ -1,0 +1,171 @@
+"""A real `cbox serve` subprocess on loopback, for tests.
+
+Each one has its own SQLite file, port, task network, gateway and instance
+label, so tests never see each other's tasks or containers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from cbox.cli.client import SseEvent, parse_sse
+
+FAKE_KEY = "sk-ant-test-real-credential"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Orchestrator:
+    def __init__(
+        self,
+        *,
+        image: str,
+        fake_url: str,
+        tmp: Path,
+        workspace: Path,
+        max_concurrent: int = 2,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.id = uuid.uuid4().hex[:8]
+        self.instance = f"test-{self.id}"
+        self.network = f"cbox-t-{self.id}"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.workspace = workspace
+        self.db = tmp / f"cbox-{self.id}.db"
+        self.log = tmp / f"serve-{self.id}.log"
+        self.env = {
+            **os.environ,
+            "AGENT_HOST": "127.0.0.1",
+            "AGENT_PORT": str(self.port),
+            "WORKSPACE_DIR": str(workspace),
+            "ANTHROPIC_API_KEY": FAKE_KEY,
+            "ANTHROPIC_BASE_URL": fake_url,
+            "CBOX_IMAGE": image,
+            "CBOX_DB_PATH": str(self.db),
+            "CBOX_NETWORK": self.network,
+            "CBOX_INSTANCE": self.instance,
+            "CBOX_MAX_CONCURRENT": str(max_concurrent),
+            "CBOX_STOP_GRACE_S": "2",
+            "CBOX_KEEPALIVE_S": "1",
+            **(env or {}),
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    async def start(self, timeout_s: float = 60) -> None:
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "cbox", "serve"],
+                env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout_s
+        async with aiohttp.ClientSession() as session:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"cbox serve exited: {self.log.read_text()[-2000:]}")
+                try:
+                    async with session.get(self.url + "/healthz") as resp:
+                        if resp.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.1)
+        raise RuntimeError(f"cbox serve did not answer: {self.log.read_text()[-2000:]}")
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                await asyncio.to_thread(self.proc.wait, 20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    async def destroy(self) -> None:
+        await self.stop()
+        ids = subprocess.run(
+            ["docker", "ps", "-aq", "--filter", f"label=dev.cbox.instance={self.instance}"],
+            capture_output=True, text=True, check=False,
+        ).stdout.split()
+        if ids:
+            subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=False)
+        subprocess.run(["docker", "network", "rm", self.network], capture_output=True, check=False)
+
+    def containers(self) -> list[str]:
+        return subprocess.run(
+            ["docker", "ps", "-aq", "--filter", f"label=dev.cbox.instance={self.instance}"],
+            capture_output=True, text=True, check=False,
+        ).stdout.split()
+
+    # ---------------------------------------------------------------- HTTP helpers
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+        async with aiohttp.ClientSession() as session, session.request(
+            method, self.url + path, **kwargs
+        ) as resp:
+            text = await resp.text()
+            try:
+                return resp.status, json.loads(text)
+            except ValueError:
+                return resp.status, text
+
+    async def submit(self, prompt: str, **spec: Any) -> dict[str, Any]:
+        status, body = await self.request("POST", "/tasks", json={"prompt": prompt, **spec})
+        assert status in (200, 202), body
+        return dict(body)
+
+    async def events(
+        self, task_id: str, after: int = 0, headers: dict[str, str] | None = None
+    ) -> AsyncIterator[SseEvent]:
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=120)
+        async with aiohttp.ClientSession(timeout=timeout) as session, session.get(
+            f"{self.url}/tasks/{task_id}/events", params={"after": str(after)}, headers=headers
+        ) as resp:
+            assert resp.status == 200, await resp.text()
+            async for event in parse_sse(resp.content):
+                yield event
+
+    async def wait_done(self, task_id: str, timeout_s: float = 300) -> dict[str, Any]:
+        async def go() -> dict[str, Any]:
+            async for event in self.events(task_id):
+                if event.type == "done":
+                    return event.data
+            raise AssertionError("event stream ended without done")
+
+        return await asyncio.wait_for(go(), timeout_s)
+
+    async def task(self, task_id: str) -> dict[str, Any]:
+        status, body = await self.request("GET", f"/tasks/{task_id}")
+        assert status == 200, body
+        return dict(body)
+
+    async def wait_state(self, task_id: str, states: set[str], timeout_s: float = 120) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            task = await self.task(task_id)
+            if task["state"] in states:
+                return task
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"task {task_id} never reached {states}")

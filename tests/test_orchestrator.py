@@ -1,0 +1,181 @@
+"""Issue: orchestrator core. A real `cbox serve`, the real engine, the real CLI, the fake API."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.fakes.anthropic import FakeAnthropic, Text, ToolUse
+from tests.orch import FAKE_KEY, Orchestrator
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+
+def loop_script(marker: str, seconds: int = 120) -> list[ToolUse | Text]:
+    """A model that starts a long Bash loop (a standalone `sleep` is refused by the CLI)."""
+    command = f"for i in $(seq 1 {seconds * 10}); do echo tick $i; sleep 0.1; done"
+    return [ToolUse("Bash", {"command": command, "description": "wait", "timeout": 600000}),
+            Text("finished")]
+
+
+async def test_seed_post_task_streams_start_output_done(
+    orchestrator: Orchestrator, fake_api: FakeAnthropic, marker: str
+) -> None:
+    fake_api.script(marker, [Text("Hello from the fake model.\nSecond line.")])
+    proc = await asyncio.create_subprocess_exec(
+        "curl", "-sS", "-N", "-X", "POST", f"{orchestrator.url}/task",
+        "-H", "Content-Type: application/json", "-d", f'{{"prompt": "{marker} say hello"}}',
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 180)
+    text = out.decode()
+    names = [line[7:] for line in text.splitlines() if line.startswith("event: ")]
+    assert names[0] == "start"
+    assert "output" in names
+    assert names[-1] == "done"
+    assert "Hello from the fake model." in text
+    assert '"state":"completed"' in text and '"exit_code":0' in text
+    # The credential reached upstream; the container only ever held a task token.
+    [request] = fake_api.requests_with(marker)
+    assert request.headers.get("x-api-key") == FAKE_KEY
+    assert orchestrator.containers() == []
+
+
+async def test_three_tasks_cap_two(
+    orchestrator_factory: type[Orchestrator], tmp_path: Path, fake_api: FakeAnthropic, marker: str
+) -> None:
+    workspaces = []
+    for n in range(3):
+        ws = tmp_path / f"ws{n}"
+        ws.mkdir()
+        workspaces.append(ws)
+    orch = orchestrator_factory(workspace=tmp_path, max_concurrent=2)
+    await orch.start()
+    fake_api.script(marker, loop_script(marker, seconds=4))
+    tasks = [
+        await orch.submit(f"{marker} task {n}", workspace=str(ws))
+        for n, ws in enumerate(workspaces)
+    ]
+    third = await orch.task(tasks[2]["id"])
+    running = [await orch.wait_state(t["id"], {"running"}) for t in tasks[:2]]
+    assert all(t["state"] == "running" for t in running)
+    third = await orch.task(tasks[2]["id"])
+    assert third["state"] == "queued" and third["queue_position"] == 1
+    done = [await orch.wait_done(t["id"]) for t in tasks]
+    assert [d["state"] for d in done] == ["completed"] * 3
+    finals = [await orch.task(t["id"]) for t in tasks]
+    assert finals[2]["started_at"] >= min(f["finished_at"] for f in finals[:2]) - 0.5
+    assert orch.containers() == []
+
+
+async def test_stop_running_task(
+    orchestrator: Orchestrator, fake_api: FakeAnthropic, marker: str
+) -> None:
+    fake_api.script(marker, loop_script(marker))
+    task = await orchestrator.submit(f"{marker} loop")
+    async for event in orchestrator.events(task["id"]):
+        if event.type == "tool_use":
+            break
+    status, body = await orchestrator.request("POST", f"/tasks/{task['id']}/stop")
+    assert status == 200, body
+    done = await orchestrator.wait_done(task["id"], timeout_s=30)
+    assert done["state"] == "stopped"
+    assert orchestrator.containers() == []
+
+
+async def test_timeout(orchestrator: Orchestrator, fake_api: FakeAnthropic, marker: str) -> None:
+    fake_api.script(marker, loop_script(marker))
+    task = await orchestrator.submit(f"{marker} loop", timeout_s=8)
+    done = await orchestrator.wait_done(task["id"], timeout_s=60)
+    assert done["state"] == "timed_out"
+    assert "timed out" in done["error"]
+    assert orchestrator.containers() == []
+
+
+async def test_reconnect_with_last_event_id_has_no_gap_or_duplicate(
+    orchestrator: Orchestrator, fake_api: FakeAnthropic, marker: str
+) -> None:
+    fake_api.script(marker, loop_script(marker, seconds=3))
+    task = await orchestrator.submit(f"{marker} loop")
+    first: list[int] = []
+    async for event in orchestrator.events(task["id"]):
+        assert event.id is not None
+        first.append(event.id)
+        if event.type == "tool_use":
+            break  # disconnect mid-task
+    rest: list[int] = []
+    async for event in orchestrator.events(
+        task["id"], headers={"Last-Event-ID": str(first[-1])}
+    ):
+        assert event.id is not None
+        rest.append(event.id)
+    seqs = first + rest
+    assert seqs == list(range(1, len(seqs) + 1))
+    status, stored = await orchestrator.request("GET", f"/tasks/{task['id']}")
+    assert stored["last_seq"] == seqs[-1]
+
+
+async def test_kill9_restart_finishes_running_and_queued(
+    orchestrator_factory: type[Orchestrator], tmp_path: Path, fake_api: FakeAnthropic, marker: str
+) -> None:
+    orch = orchestrator_factory(workspace=tmp_path, max_concurrent=1)
+    await orch.start()
+    fake_api.script(marker, loop_script(marker, seconds=6))
+    running = await orch.submit(f"{marker} first")
+    queued = await orch.submit(f"{marker} second", read_only=True)
+    await orch.wait_state(running["id"], {"running"})
+    async for event in orch.events(running["id"]):
+        if event.type == "tool_use":
+            break
+    orch.kill9()
+    assert len(orch.containers()) == 1  # the box outlives its orchestrator
+    await orch.start()
+    first = await orch.wait_done(running["id"])
+    second = await orch.wait_done(queued["id"])
+    assert first["state"] == "completed", first
+    assert second["state"] == "completed", second
+    events = [e async for e in orch.events(running["id"])]
+    seqs = [e.id for e in events]
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert [e.type for e in events].count("done") == 1
+    assert any(e.type == "result" for e in events)
+    assert orch.containers() == []
+
+
+async def test_fifty_thousand_lines_in_order(
+    orchestrator_factory: type[Orchestrator], tmp_path: Path
+) -> None:
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "lines.toml").write_text(
+        'agent = "command"\ncommand = ["seq", "1", "50000"]\nworkspace = "ro"\n'
+    )
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    orch = orchestrator_factory(workspace=ws, env={"CBOX_POLICIES_DIR": str(policies)})
+    await orch.start()
+    task = await orch.submit("print lines", policy="lines")
+    lines = [
+        e.data["line"] async for e in orch.events(task["id"]) if e.type == "output"
+    ]
+    assert lines == [str(n) for n in range(1, 50_001)]
+    final = await orch.task(task["id"])
+    assert final["state"] == "completed"
+
+
+async def test_unknown_containers_removed_on_start(
+    orchestrator_factory: type[Orchestrator], workspace: Path, image: str
+) -> None:
+    orch = orchestrator_factory(workspace=workspace)
+    subprocess.run(
+        ["docker", "run", "-d", "--label", "dev.cbox.managed=true",
+         "--label", f"dev.cbox.instance={orch.instance}", "--label", "dev.cbox.task-id=task_x",
+         image, "sleep", "300"],
+        check=True, capture_output=True,
+    )
+    assert len(orch.containers()) == 1
+    await orch.start()
+    assert orch.containers() == []

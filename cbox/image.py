@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import io
 import re
 import sys
 import tarfile
@@ -24,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import IO, Any
 
 import aiodocker
 import aiohttp
@@ -102,7 +102,7 @@ async def download_wheel(version: str, cache_dir: Path, progress: Progress) -> P
     return found[0]
 
 
-def _tar_context(context: Path, wheel: Path | None, out: io.BufferedRandom) -> None:
+def _tar_context(context: Path, wheel: Path | None, out: IO[bytes]) -> None:
     with tarfile.open(fileobj=out, mode="w") as tar:
         for path in context_files(context):
             tar.add(path, arcname=str(path.relative_to(context)), recursive=False)
@@ -127,9 +127,9 @@ class BuildResult:
     claude_code_version: str | None
 
 
-async def _image(docker: aiodocker.Docker, name: str) -> dict[str, object] | None:
+async def _image(docker: aiodocker.Docker, name: str) -> dict[str, Any] | None:
     try:
-        data: dict[str, object] = await docker.images.inspect(name)
+        data: dict[str, Any] = await docker.images.inspect(name)
     except aiodocker.DockerError as exc:
         if exc.status == 404:
             return None
@@ -159,13 +159,13 @@ async def build_image(
         args = {"BASE_IMAGE": base_image}
         digest = inputs_hash(context, base_id, wheel, args)
         present = await _image(docker, tag)
-        labels = ((present or {}).get("Config") or {}).get("Labels") or {}  # type: ignore[union-attr]
+        labels = ((present or {}).get("Config") or {}).get("Labels") or {}
         if present is not None and labels.get(LABEL_INPUTS) == digest and not force:
             progress(f"{tag} is up to date (inputs {digest}); nothing to build")
             return BuildResult(tag, False, digest, labels.get("dev.cbox.claude-code.version"))
         progress(f"building {tag} from {base_image} (inputs {digest})")
         with tempfile.TemporaryFile() as fh:
-            _tar_context(context, wheel, fh)  # type: ignore[arg-type]
+            _tar_context(context, wheel, fh)
             stream = docker.images.build(
                 fileobj=fh, encoding="application/x-tar", tag=tag, buildargs=args,
                 labels={LABEL_INPUTS: digest}, rm=True, forcerm=True, stream=True,
@@ -182,5 +182,5 @@ async def build_image(
     except (aiohttp.ClientError, OSError) as exc:
         raise ImageBuildError(f"the Docker engine is unreachable: {exc}") from exc
     built = await _image(docker, tag)
-    labels = ((built or {}).get("Config") or {}).get("Labels") or {}  # type: ignore[union-attr]
+    labels = ((built or {}).get("Config") or {}).get("Labels") or {}
     return BuildResult(tag, True, digest, labels.get("dev.cbox.claude-code.version"))

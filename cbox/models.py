@@ -27,7 +27,7 @@ def now_s() -> float:
     return time.time()
 
 
-class TaskState(str, enum.Enum):
+class TaskState(enum.StrEnum):
     """Lifecycle: queued → running → completed | failed | stopped | timed_out."""
 
     QUEUED = "queued"
@@ -47,7 +47,7 @@ TERMINAL_STATES = frozenset(
 )
 
 
-class MountMode(str, enum.Enum):
+class MountMode(enum.StrEnum):
     RO = "ro"
     RW = "rw"
 
@@ -106,6 +106,9 @@ class Outcome(BaseModel):
     error: str | None = None
 
 
+_PRIVATE_FIELDS = {"lines_consumed", "stderr_consumed", "gateway_token"}
+
+
 class Task(BaseModel):
     """A task as stored and served."""
 
@@ -135,7 +138,7 @@ class Task(BaseModel):
 
     def public(self) -> dict[str, Any]:
         """The JSON shape served over HTTP: the spec's fields flattened in."""
-        data = self.model_dump(mode="json", exclude={"lines_consumed", "stderr_consumed", "gateway_token"})
+        data = self.model_dump(mode="json", exclude=_PRIVATE_FIELDS)
         spec = data.pop("spec")
         data["prompt"] = spec.pop("prompt")
         data.update({k: v for k, v in spec.items() if k not in data})

@@ -121,10 +121,10 @@ async def orchestrator_factory(
 @pytest.fixture
 async def orchestrator(
     orchestrator_factory: type[Orchestrator], workspace: Path
-) -> AsyncIterator[Orchestrator]:
+) -> Orchestrator:
     orch = orchestrator_factory(workspace=workspace)
     await orch.start()
-    yield orch
+    return orch
 
 
 def repo_root() -> Path:

@@ -119,6 +119,15 @@ class Orchestrator:
             capture_output=True, text=True, check=False,
         ).stdout.split()
 
+    async def no_containers_left(self, timeout_s: float = 30) -> bool:
+        """Containers are removed just after `done` is recorded; wait for that."""
+        deadline = time.monotonic() + timeout_s
+        while self.containers():
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.1)
+        return True
+
     # ---------------------------------------------------------------- HTTP helpers
 
     async def request(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
@@ -161,7 +170,9 @@ class Orchestrator:
         assert status == 200, body
         return dict(body)
 
-    async def wait_state(self, task_id: str, states: set[str], timeout_s: float = 120) -> dict[str, Any]:
+    async def wait_state(
+        self, task_id: str, states: set[str], timeout_s: float = 120
+    ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             task = await self.task(task_id)

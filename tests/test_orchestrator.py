@@ -41,7 +41,7 @@ async def test_seed_post_task_streams_start_output_done(
     # The credential reached upstream; the container only ever held a task token.
     [request] = fake_api.requests_with(marker)
     assert request.headers.get("x-api-key") == FAKE_KEY
-    assert orchestrator.containers() == []
+    assert await orchestrator.no_containers_left()
 
 
 async def test_three_tasks_cap_two(
@@ -67,8 +67,8 @@ async def test_three_tasks_cap_two(
     done = [await orch.wait_done(t["id"]) for t in tasks]
     assert [d["state"] for d in done] == ["completed"] * 3
     finals = [await orch.task(t["id"]) for t in tasks]
-    assert finals[2]["started_at"] >= min(f["finished_at"] for f in finals[:2]) - 0.5
-    assert orch.containers() == []
+    assert finals[2]["started_at"] >= min(f["finished_at"] for f in finals[:2])
+    assert await orch.no_containers_left()
 
 
 async def test_stop_running_task(
@@ -83,7 +83,7 @@ async def test_stop_running_task(
     assert status == 200, body
     done = await orchestrator.wait_done(task["id"], timeout_s=30)
     assert done["state"] == "stopped"
-    assert orchestrator.containers() == []
+    assert await orchestrator.no_containers_left()
 
 
 async def test_timeout(orchestrator: Orchestrator, fake_api: FakeAnthropic, marker: str) -> None:
@@ -92,7 +92,7 @@ async def test_timeout(orchestrator: Orchestrator, fake_api: FakeAnthropic, mark
     done = await orchestrator.wait_done(task["id"], timeout_s=60)
     assert done["state"] == "timed_out"
     assert "timed out" in done["error"]
-    assert orchestrator.containers() == []
+    assert await orchestrator.no_containers_left()
 
 
 async def test_reconnect_with_last_event_id_has_no_gap_or_duplicate(
@@ -114,7 +114,7 @@ async def test_reconnect_with_last_event_id_has_no_gap_or_duplicate(
         rest.append(event.id)
     seqs = first + rest
     assert seqs == list(range(1, len(seqs) + 1))
-    status, stored = await orchestrator.request("GET", f"/tasks/{task['id']}")
+    _, stored = await orchestrator.request("GET", f"/tasks/{task['id']}")
     assert stored["last_seq"] == seqs[-1]
 
 
@@ -142,7 +142,7 @@ async def test_kill9_restart_finishes_running_and_queued(
     assert seqs == list(range(1, len(seqs) + 1))
     assert [e.type for e in events].count("done") == 1
     assert any(e.type == "result" for e in events)
-    assert orch.containers() == []
+    assert await orch.no_containers_left()
 
 
 async def test_fifty_thousand_lines_in_order(

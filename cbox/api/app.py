@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from cbox.api.errors import error_middleware, error_response
 from cbox.api.openapi import openapi_handler
@@ -14,6 +15,11 @@ from cbox.orchestrator.service import TaskService
 OPEN_PATHS = frozenset({"/healthz", "/openapi.json"})
 
 
+async def _call(handler: Handler, request: web.Request) -> web.StreamResponse:
+    response: web.StreamResponse = await handler(request)
+    return response
+
+
 def make_app(service: TaskService) -> web.Application:
     token = service.settings.api_token
     middlewares = [error_middleware]
@@ -21,15 +27,15 @@ def make_app(service: TaskService) -> web.Application:
         secret = token.get_secret_value().encode()
 
         @web.middleware
-        async def auth(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+        async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
             if request.path in OPEN_PATHS:
-                return await handler(request)
+                return await _call(handler, request)
             given = request.headers.get("Authorization", "")
             if not given.startswith("Bearer ") or not hmac.compare_digest(
                 given[7:].strip().encode(), secret
             ):
                 return error_response(401, "Unauthorized", "missing or wrong API token")
-            return await handler(request)
+            return await _call(handler, request)
 
         middlewares.append(auth)
     app = web.Application(middlewares=middlewares, client_max_size=service.settings.max_body_bytes)

@@ -6,6 +6,7 @@ import json
 import logging
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from cbox.errors import (
     CboxError,
@@ -35,7 +36,7 @@ STATUS: dict[type[CboxError], int] = {
 def status_of(exc: CboxError) -> int:
     for klass in type(exc).__mro__:
         if klass in STATUS:
-            return STATUS[klass]  # type: ignore[index]
+            return STATUS[klass]
     return 500
 
 
@@ -49,10 +50,11 @@ def error_response(status: int, kind: str, message: str, field: str | None = Non
 
 
 @web.middleware
-async def error_middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every error leaves as JSON with a message; never a traceback."""
     try:
-        return await handler(request)
+        response: web.StreamResponse = await handler(request)
+        return response
     except CboxError as exc:
         return error_response(status_of(exc), type(exc).__name__, exc.message, exc.field)
     except web.HTTPRequestEntityTooLarge as exc:

@@ -126,7 +126,7 @@ async def post_stop(request: web.Request) -> web.Response:
 @routes.get("/history")
 async def get_history(request: web.Request) -> web.Response:
     limit = _int_query(request, "limit", 10, 1, 1000)
-    tasks, _ = await _service(request).list(limit=limit)
+    tasks, _ = await _service(request).list_tasks(limit=limit)
     return web.json_response([t.public() for t in tasks])
 
 
@@ -157,7 +157,7 @@ async def get_tasks(request: web.Request) -> web.Response:
             raise InvalidRequest(f"state must be one of {valid}", field="state") from None
     limit = _int_query(request, "limit", 20, 1, 500)
     offset = _int_query(request, "offset", 0, 0, 10**9)
-    tasks, total = await _service(request).list(states=states, limit=limit, offset=offset)
+    tasks, total = await _service(request).list_tasks(states=states, limit=limit, offset=offset)
     return web.json_response(
         {"tasks": [t.public() for t in tasks], "total": total, "limit": limit, "offset": offset}
     )

@@ -57,7 +57,7 @@ class Client:
                 f"no claude-box server at {self.server} ({exc.__class__.__name__}); "
                 "start one with `cbox serve` or pass --server"
             ) from exc
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise ClientError(f"request to {url} failed: {exc}") from exc
 
     async def submit(self, spec: dict[str, Any]) -> dict[str, Any]:

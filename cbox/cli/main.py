@@ -300,7 +300,9 @@ def image() -> None:
 
 @image.command("build")
 @click.option("--tag", default=None, help="Image tag (default: CBOX_IMAGE).")
-@click.option("--base", "base_image", default=None, help="Base image (default debian:bookworm-slim).")
+@click.option(
+    "--base", "base_image", default=None, help="Base image (default debian:bookworm-slim)."
+)
 @click.option(
     "--wheel",
     type=click.Path(dir_okay=False, exists=True, path_type=Path),

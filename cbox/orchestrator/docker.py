@@ -71,7 +71,7 @@ class DockerBackend:
 
     async def ping(self) -> dict[str, Any]:
         try:
-            info: dict[str, Any] = await self.docker.system.info()
+            info = dict(await self.docker.system.info())
         except _ENGINE_ERRORS as exc:
             raise _translate(exc, "docker info") from exc
         return info

@@ -133,7 +133,7 @@ class TaskService:
             task = task.model_copy(update={"queue_position": self._position(task_id)})
         return task
 
-    async def list(
+    async def list_tasks(
         self, *, states: list[TaskState] | None = None, limit: int = 20, offset: int = 0
     ) -> tuple[list[Task], int]:
         await self._flush()
@@ -194,7 +194,8 @@ class TaskService:
         async with self._submit_lock:
             if spec.idempotency_key:
                 for task in self._tasks.values():
-                    if task.spec.idempotency_key == spec.idempotency_key:
+                    key_matches = task.spec.idempotency_key == spec.idempotency_key
+                    if key_matches and not task.state.terminal:
                         return Submitted(await self.get(task.id), created=False)
                 existing = await self.store.active_with_key(spec.idempotency_key)
                 if existing is not None:
@@ -483,6 +484,12 @@ class TaskService:
             },
         )
         tlog.close()
+        # Out of the running set at once, so /status and /stop never see a
+        # finished task; the live copy stays readable until the store has it.
+        self._runs.pop(task.id, None)
+        self._positions.pop(task.id, None)
+        if task.mount_mode is MountMode.RW and task.workspace:
+            self._rw_locks.discard(task.workspace)
         await self._flush()
         self.gateway.revoke(task.gateway_token)
         if task.container_id:
@@ -490,12 +497,8 @@ class TaskService:
                 await self.docker.remove(task.container_id)
             except DockerError as exc:
                 log.warning("could not remove container of %s: %s", task.id, exc)
-        self._runs.pop(task.id, None)
         self._tasks.pop(task.id, None)
         self._logs.pop(task.id, None)
-        self._positions.pop(task.id, None)
-        if task.mount_mode is MountMode.RW and task.workspace:
-            self._rw_locks.discard(task.workspace)
         self._dispatch()
 
     # ------------------------------------------------------------------ persistence

@@ -45,15 +45,16 @@ def load_settings() -> Settings:
         fail(f"bad setting {'.'.join(str(p) for p in err['loc'])}: {err['msg']}", 2)
 
 
+GROUP_FLAGS = frozenset({"-h", "--help", "--version"})
+
+
 class DefaultGroup(click.Group):
     """`cbox "prompt"` is `cbox run "prompt"`."""
 
-    def resolve_command(
-        self, ctx: click.Context, args: list[str]
-    ) -> tuple[str | None, click.Command | None, list[str]]:
-        if args and args[0] not in self.commands and not args[0].startswith("-"):
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in GROUP_FLAGS:
             args = ["run", *args]
-        return super().resolve_command(ctx, args)
+        return super().parse_args(ctx, args)
 
 
 server_option = click.option(

@@ -9,7 +9,6 @@ would end a task's event stream.
 from __future__ import annotations
 
 import json
-import logging
 import random
 from pathlib import Path
 
@@ -109,7 +108,7 @@ def test_typed_event_comes_before_its_output_lines() -> None:
         "output",
         "tool_result",
         "assistant",
-        *["output"] * 6,
+        *["output"] * 5,  # the five lines of the assistant text
         "result",
         "output",
     ]
@@ -258,7 +257,11 @@ def test_result_without_is_error_falls_back_to_subtype() -> None:
 
 
 def test_tool_result_content_blocks_are_joined_and_truncated() -> None:
-    blocks = [{"type": "text", "text": "a" * 1500}, {"type": "image"}, {"type": "text", "text": "b"}]
+    blocks = [
+        {"type": "text", "text": "a" * 1500},
+        {"type": "image"},
+        {"type": "text", "text": "b"},
+    ]
     line = {"type": "user", "message": {"content": [{"type": "tool_result", "content": blocks}]}}
     [event] = StreamJsonParser().feed(json.dumps(line))
     assert event.data["content"] == "a" * 1500 + "\n[image]\nb"
@@ -305,9 +308,17 @@ def test_random_truncations_of_fixture_lines_never_raise(
 @pytest.mark.parametrize(
     ("name", "tool_input", "summary"),
     [
-        ("Write", {"file_path": "hello.txt", "content": "hello world\n"}, "Write hello.txt (12 bytes)"),
+        (
+            "Write",
+            {"file_path": "hello.txt", "content": "hello world\n"},
+            "Write hello.txt (12 bytes)",
+        ),
         ("Write", {"file_path": "é.txt", "content": "é"}, "Write é.txt (2 bytes)"),
-        ("Bash", {"command": "ls -la /workspace && echo bye"}, "Bash: ls -la /workspace && echo bye"),
+        (
+            "Bash",
+            {"command": "ls -la /workspace && echo bye"},
+            "Bash: ls -la /workspace && echo bye",
+        ),
         ("Bash", {"command": "echo a\necho b"}, "Bash: echo a ⏎ echo b"),
         ("Read", {"file_path": "src/x.py", "offset": 10}, "Read src/x.py"),
         ("Edit", {"file_path": "a.py", "old_string": "x", "new_string": "y"}, "Edit a.py"),
@@ -358,7 +369,9 @@ def test_command_typed_events() -> None:
     ]
     tool_use = '{"event": "tool_use", "data": {"name": "Bash", "input": {"command": "ls"}}}'
     assert feed(tool_use) == [
-        ParsedEvent("tool_use", {"name": "Bash", "input": {"command": "ls"}, "summary": "Bash: ls"}),
+        ParsedEvent(
+            "tool_use", {"name": "Bash", "input": {"command": "ls"}, "summary": "Bash: ls"}
+        ),
         ParsedEvent("output", {"line": "→ Bash: ls"}),
     ]
     tool_result = '{"event": "tool_result", "data": {"is_error": true, "content": "boom\\nmore"}}'
@@ -396,4 +409,4 @@ def test_command_invalid_shapes_fall_back_to_output(line: str) -> None:
 def test_shared_dir_default_points_next_to_the_repo() -> None:
     from tests.shared_dir import DEFAULT_SHARED_DIR
 
-    assert DEFAULT_SHARED_DIR == Path(__file__).resolve().parents[2] / "shared"
+    assert Path(__file__).resolve().parents[2] / "shared" == DEFAULT_SHARED_DIR

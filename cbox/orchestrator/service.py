@@ -459,6 +459,9 @@ class TaskService:
             outcome.usage = result.get("usage")
             outcome.num_turns = result.get("num_turns")
             outcome.duration_ms = result.get("duration_ms")
+            errors = result.get("errors")
+            if outcome.is_error and not outcome.result and isinstance(errors, list) and errors:
+                outcome.error = "; ".join(str(e) for e in errors)[:500]
         elif parser.result is not None:
             outcome.result = parser.result
 

@@ -117,7 +117,8 @@ async def test_priority_then_fifo(api: Orchestrator) -> None:
     low1 = await api.submit("low 1", policy="sleep", priority=0)
     high = await api.submit("high", policy="sleep", priority=5)
     low2 = await api.submit("low 2", policy="sleep", priority=0)
-    positions = {t: (await api.task(t))["queue_position"] for t in (high["id"], low1["id"], low2["id"])}
+    order = (high["id"], low1["id"], low2["id"])
+    positions = {t: (await api.task(t))["queue_position"] for t in order}
     assert positions == {high["id"]: 1, low1["id"]: 2, low2["id"]: 3}
     _, status = await api.request("GET", "/status")
     assert status["state"] == "running"

@@ -141,7 +141,7 @@ async def test_ceiling_refused(server: Orchestrator) -> None:
     code, _, err = await cbox(server, "run", "--policy", "readonly", "--timeout", "99999", "x")
     assert code == 3
     assert "timeout_s=99999 exceeds the ceiling" in err
-    status, body = await server.request("GET", "/policies")
+    _, body = await server.request("GET", "/policies")
     names = {p["name"]: p for p in body["policies"]}
     assert names["readonly"]["workspace"] == "ro"
     assert "analysis" in names["readonly"]["aliases"]
@@ -175,7 +175,7 @@ async def test_ctrl_c_stops_remote_task(server: Orchestrator) -> None:
         if line.startswith(b"tick"):
             break
     proc.send_signal(signal.SIGINT)
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 130
     assert "stopped task" in err.decode()
     _, history = await server.request("GET", "/history?limit=1")

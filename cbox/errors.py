@@ -9,8 +9,9 @@
     ├── DockerError            the engine refused or is unreachable
     │   └── ImageNotFound      the sandbox image is missing: build it first
     ├── ImageBuildError        `cbox image build` failed, with the engine's message
-    └── ClientError            the CLI could not talk to a server
-        └── ServerUnreachable
+    ├── ClientError            the CLI could not talk to a server
+    │   └── ServerUnreachable
+    └── LinearError            Linear's API refused a request or could not be reached
 
 Foreign exceptions (aiodocker, aiohttp, sqlite) are translated once, in the
 module that talks to them, with `raise ... from exc`. The HTTP layer maps this
@@ -74,3 +75,11 @@ class ClientError(CboxError):
 
 class ServerUnreachable(ClientError):
     """No claude-box server answered at the given URL."""
+
+
+class LinearError(CboxError):
+    """Linear's GraphQL API answered with an error, or could not be reached.
+
+    Bad configuration found at start (key, team, label) is a `ConfigError`
+    instead, so the worker can say it in one line and exit.
+    """

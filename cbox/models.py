@@ -72,6 +72,12 @@ class TaskSpec(BaseModel):
     memory_mb: int | None = Field(None, gt=0, description="Memory limit; tightens the policy.")
     cpus: float | None = Field(None, gt=0, description="CPU limit; tightens the policy.")
     pids: int | None = Field(None, gt=0, description="Process limit; tightens the policy.")
+    max_cost_usd: float | None = Field(
+        None, gt=0, description="Budget in USD, counted by the gateway; tightens the policy."
+    )
+    max_tokens: int | None = Field(
+        None, gt=0, description="Budget in tokens, counted by the gateway; tightens the policy."
+    )
     idempotency_key: str | None = Field(
         None,
         max_length=200,
@@ -104,9 +110,12 @@ class Outcome(BaseModel):
     claude_session_id: str | None = None
     result: Any = None
     error: str | None = None
+    gateway_usage: dict[str, Any] | None = Field(
+        None, description="Tokens and estimated cost counted by the gateway from the traffic."
+    )
 
 
-_PRIVATE_FIELDS = {"lines_consumed", "stderr_consumed", "gateway_token"}
+_PRIVATE_FIELDS = {"lines_consumed", "stderr_consumed", "gateway_token", "proxy_url"}
 
 
 class Task(BaseModel):
@@ -131,6 +140,9 @@ class Task(BaseModel):
     stderr_consumed: int = Field(0, description="stderr lines already turned into events.")
     last_seq: int = Field(0, description="Sequence number of the newest event.")
     gateway_token: str | None = Field(None, description="Per-task API token; never served.")
+    network: str | None = Field(None, description="The task's own Docker network.")
+    gateway_url: str | None = Field(None, description="Where the box reaches the gateway.")
+    proxy_url: str | None = Field(None, description="The allowlist proxy, if any.")
 
     @property
     def prompt(self) -> str:

@@ -31,9 +31,19 @@ class Policy(BaseModel):
     description: str = ""
     aliases: list[str] = Field(default_factory=list)
     workspace: Literal["ro", "rw"] = Field("rw", description="Workspace mount mode.")
-    network: Literal["gateway"] = Field(
-        "gateway", description="gateway: the model API through the host gateway, nothing else."
+    network: Literal["gateway", "allowlist", "open"] = Field(
+        "gateway",
+        description="gateway: the model API through the host gateway, nothing else; "
+        "allowlist: also HTTPS to `allow_hosts` through a CONNECT proxy; open: a plain bridge.",
     )
+    allow_hosts: list[str] = Field(
+        default_factory=list,
+        description="For network = 'allowlist': host names (or *.suffix) that may be reached.",
+    )
+    max_cost_usd: float | None = Field(
+        None, gt=0, description="Budget: stop the task once the gateway counts more than this."
+    )
+    max_tokens: int | None = Field(None, gt=0, description="Budget in tokens, same rule.")
     cpus: float = Field(2.0, gt=0, le=256)
     memory_mb: int = Field(4096, ge=64)
     pids: int = Field(512, ge=16)
@@ -67,6 +77,8 @@ class EffectiveLimits(BaseModel):
     timeout_s: float
     model: str | None
     max_turns: int | None
+    max_cost_usd: float | None
+    max_tokens: int | None
 
 
 def _load_file(path: Path, text: str) -> Policy:
@@ -83,6 +95,10 @@ def _load_file(path: Path, text: str) -> Policy:
         raise ConfigError(f"policy file {path}: field {where}: {err['msg']}") from exc
     if policy.agent == "command" and not policy.command:
         raise ConfigError(f"policy file {path}: field command: required when agent = 'command'")
+    if policy.network == "allowlist" and not policy.allow_hosts:
+        raise ConfigError(
+            f"policy file {path}: field allow_hosts: required when network = 'allowlist'"
+        )
     return policy
 
 
@@ -158,6 +174,11 @@ class PolicySet:
                     field="max_turns",
                 )
             max_turns = spec.max_turns
+        def tighten_optional(field: str, asked: float | None, ceiling: float | None) -> float | None:
+            if asked is None or ceiling is None:
+                return asked if asked is not None else ceiling
+            return tighten(field, asked, ceiling)
+
         ro = spec.read_only or policy.workspace == "ro"
         return EffectiveLimits(
             policy=policy,
@@ -168,4 +189,11 @@ class PolicySet:
             timeout_s=tighten("timeout_s", spec.timeout_s, policy.timeout_s),
             model=spec.model or policy.model,
             max_turns=max_turns,
+            max_cost_usd=tighten_optional("max_cost_usd", spec.max_cost_usd, policy.max_cost_usd),
+            max_tokens=(
+                None
+                if (t := tighten_optional("max_tokens", spec.max_tokens, policy.max_tokens))
+                is None
+                else int(t)
+            ),
         )

@@ -71,12 +71,9 @@ class Settings(BaseSettings):
         None, description="CBOX_POLICIES_DIR: directory of extra or overriding policy files."
     )
     network: str = Field(
-        "cbox-tasks",
-        description="CBOX_NETWORK: internal Docker network task containers join; its only "
-        "way out is the gateway on the host.",
-    )
-    gateway_port: int = Field(
-        0, ge=0, le=65535, description="CBOX_GATEWAY_PORT: gateway port (0 picks a free one)."
+        "cbox",
+        description="CBOX_NETWORK: name prefix of the per-task Docker networks "
+        "(`<prefix>-<task id>`).",
     )
     api_token: SecretStr | None = Field(
         None,

@@ -111,7 +111,18 @@ class Orchestrator:
         ).stdout.split()
         if ids:
             subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=False)
-        subprocess.run(["docker", "network", "rm", self.network], capture_output=True, check=False)
+        nets = subprocess.run(
+            ["docker", "network", "ls", "-q", "--filter", f"label=dev.cbox.instance={self.instance}"],
+            capture_output=True, text=True, check=False,
+        ).stdout.split()
+        if nets:
+            subprocess.run(["docker", "network", "rm", *nets], capture_output=True, check=False)
+
+    def networks(self) -> list[str]:
+        return subprocess.run(
+            ["docker", "network", "ls", "-q", "--filter", f"label=dev.cbox.instance={self.instance}"],
+            capture_output=True, text=True, check=False,
+        ).stdout.split()
 
     def containers(self) -> list[str]:
         return subprocess.run(
@@ -122,7 +133,7 @@ class Orchestrator:
     async def no_containers_left(self, timeout_s: float = 30) -> bool:
         """Containers are removed just after `done` is recorded; wait for that."""
         deadline = time.monotonic() + timeout_s
-        while self.containers():
+        while self.containers() or self.networks():
             if time.monotonic() > deadline:
                 return False
             await asyncio.sleep(0.1)

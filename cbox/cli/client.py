@@ -45,13 +45,20 @@ class Client:
     async def request(
         self, method: str, path: str, *, json_body: Any = None, params: dict[str, Any] | None = None
     ) -> Any:
+        _, body = await self.request_with_status(method, path, json_body=json_body, params=params)
+        return body
+
+    async def request_with_status(
+        self, method: str, path: str, *, json_body: Any = None, params: dict[str, Any] | None = None
+    ) -> tuple[int, Any]:
+        """Like `request`, also returning the status (202 vs 200 tells new from existing)."""
         url = self.server + path
         try:
             async with self._session.request(method, url, json=json_body, params=params) as resp:
                 text = await resp.text()
                 if resp.status >= 400:
                     raise ClientError(_error_message(resp.status, text), status=resp.status)
-                return json.loads(text) if text else None
+                return resp.status, json.loads(text) if text else None
         except aiohttp.ClientConnectionError as exc:
             raise ServerUnreachable(
                 f"no claude-box server at {self.server} ({exc.__class__.__name__}); "
@@ -63,6 +70,12 @@ class Client:
     async def submit(self, spec: dict[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = await self.request("POST", "/tasks", json_body=spec)
         return result
+
+    async def submit_keyed(self, spec: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Submit; also say whether a task was created (False: the spec's
+        `idempotency_key` matched an active task, which is returned instead)."""
+        status, body = await self.request_with_status("POST", "/tasks", json_body=spec)
+        return dict(body), status == 202
 
     async def get(self, task_id: str) -> dict[str, Any]:
         result: dict[str, Any] = await self.request("GET", f"/tasks/{task_id}")

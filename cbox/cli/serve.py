@@ -22,9 +22,8 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
         site = web.TCPSite(runner, settings.host, settings.port)
         await site.start()
         log.info(
-            "claude-box listening on http://%s:%d (gateway %s:%d, image %s, cap %d)",
-            settings.host, settings.port, settings.network, service.gateway.port,
-            settings.image, settings.max_concurrent,
+            "claude-box listening on http://%s:%d (image %s, up to %d tasks at once)",
+            settings.host, settings.port, settings.image, settings.max_concurrent,
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

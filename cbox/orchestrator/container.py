@@ -1,10 +1,17 @@
 """What a task's container looks like: command, environment, mounts and limits.
 
-Hardening is on for every task and not a policy's to relax: non-root user,
-all capabilities dropped, `no-new-privileges`, read-only root filesystem with
-tmpfs scratch space, memory with swap equal to memory (no swap), cpu, pids and
-nofile limits, no Docker socket, no host namespaces, and an internal network
-whose only way out is the API gateway.
+Hardening that no policy can relax: a non-root user (the workspace owner's
+uid, or the image's agent user when the workspace belongs to root), all
+capabilities dropped, `no-new-privileges`, a read-only root filesystem with
+tmpfs scratch space, swap equal to memory (no swap), no Docker socket, no
+host network/pid/ipc namespace, not privileged.
+
+What a policy sets (it is server-side configuration, and each value is also
+a ceiling for requests): the cpus, memory, pids and nofile limits, the
+timeout, the workspace mount mode, and the network mode — `gateway` (the
+default: an internal per-task network whose only reachable address is the
+API gateway), `allowlist` (the same plus a CONNECT proxy for named hosts) or
+`open` (a plain per-task bridge; an explicit opt-in).
 """
 
 from __future__ import annotations
@@ -88,6 +95,7 @@ class Gateway:
     url: str
     token: str
     oauth: bool
+    proxy_url: str | None = None
 
 
 def container_config(
@@ -123,6 +131,11 @@ def container_config(
     # The container only ever holds the per-task token; the gateway swaps in
     # the real credential, in the header the CLI uses for this kind of token.
     env["CLAUDE_CODE_OAUTH_TOKEN" if gateway.oauth else "ANTHROPIC_API_KEY"] = gateway.token
+    if gateway.proxy_url:
+        gateway_host = gateway.url.split("//", 1)[-1].rsplit(":", 1)[0]
+        for name in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"):
+            env[name] = gateway.proxy_url
+        env["NO_PROXY"] = env["no_proxy"] = gateway_host
     ids = f"uid={workspace.uid},gid={workspace.gid}"
     memory = limits.memory_mb * 1024 * 1024
     return {

@@ -90,17 +90,19 @@ class DockerBackend:
         labels: dict[str, str] = (data.get("Config") or {}).get("Labels") or {}
         return labels
 
-    async def ensure_network(self, name: str) -> str:
-        """Create the internal task network if needed; return its gateway IP.
+    async def create_network(
+        self, name: str, *, internal: bool, labels: dict[str, str]
+    ) -> str:
+        """Create (or find) a task's own bridge network; return its gateway IP.
 
-        `Internal: true` means no route out. The host is still reachable at the
-        network's gateway IP, which is where the API gateway listens: the one
-        door out of the box.
+        With `internal` there is no route out. The host is still reachable at
+        the network's gateway IP, which is where the API gateway (and, for
+        `allowlist`, the CONNECT proxy) listen for this task alone: the one
+        door out of the box. Inter-container traffic is off as well.
         """
         try:
             try:
                 net = await self.docker.networks.get(name)
-                info = await net.show()
             except aiodocker.DockerError as exc:
                 if exc.status != 404:
                     raise
@@ -108,12 +110,13 @@ class DockerBackend:
                     {
                         "Name": name,
                         "Driver": "bridge",
-                        "Internal": True,
-                        "Labels": {LABEL_MANAGED: "true"},
+                        "Internal": internal,
+                        "CheckDuplicate": True,
+                        "Labels": {LABEL_MANAGED: "true", **labels},
                         "Options": {"com.docker.network.bridge.enable_icc": "false"},
                     }
                 )
-                info = await net.show()
+            info = await net.show()
         except _ENGINE_ERRORS as exc:
             raise _translate(exc, f"network {name}") from exc
         for config in (info.get("IPAM") or {}).get("Config") or []:
@@ -121,6 +124,26 @@ class DockerBackend:
             if gateway:
                 return str(gateway)
         raise DockerError(f"network {name} has no gateway address")
+
+    async def remove_network(self, name: str) -> None:
+        try:
+            net = await self.docker.networks.get(name)
+            await net.delete()
+        except aiodocker.DockerError as exc:
+            if exc.status != 404:
+                raise _translate(exc, f"remove network {name}") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise _translate(exc, f"remove network {name}") from exc
+
+    async def managed_networks(self, instance: str) -> dict[str, str]:
+        """Names of this instance's task networks, mapped to their task ids."""
+        try:
+            found = await self.docker.networks.list(
+                filters={"label": [f"{LABEL_MANAGED}=true", f"{LABEL_INSTANCE}={instance}"]}
+            )
+        except _ENGINE_ERRORS as exc:
+            raise _translate(exc, "list networks") from exc
+        return {n["Name"]: (n.get("Labels") or {}).get(LABEL_TASK, "") for n in found}
 
     async def create(self, name: str, config: dict[str, Any]) -> str:
         try:

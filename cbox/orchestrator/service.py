@@ -21,8 +21,15 @@ from typing import Any
 from cbox.errors import CboxError, Conflict, DockerError, TaskNotFound
 from cbox.models import Event, MountMode, Outcome, Task, TaskSpec, TaskState, new_task_id
 from cbox.orchestrator.container import Gateway, container_config, resolve_workspace
-from cbox.orchestrator.docker import DockerBackend, ExitInfo, wait_quietly
-from cbox.orchestrator.gateway import ApiGateway, new_token
+from cbox.orchestrator.docker import (
+    LABEL_INSTANCE,
+    LABEL_TASK,
+    DockerBackend,
+    ExitInfo,
+    wait_quietly,
+)
+from cbox.orchestrator.egress import EgressProxy
+from cbox.orchestrator.gateway import ApiGateway, Budget, new_token
 from cbox.orchestrator.store import Store
 from cbox.orchestrator.streamjson import CommandParser, ParsedEvent, StreamJsonParser
 from cbox.orchestrator.tasklog import TaskLog
@@ -45,6 +52,7 @@ class _Run:
     parser: StreamJsonParser | CommandParser
     stop_requested: bool = False
     timed_out: bool = False
+    over_budget: str | None = None
     handle: asyncio.Task[None] | None = None
 
 
@@ -72,8 +80,9 @@ class TaskService:
             upstream=settings.anthropic_base_url,
             api_key=key.get_secret_value() if key else None,
             oauth_token=oauth.get_secret_value() if oauth else None,
+            on_budget=self._on_budget,
         )
-        self._gateway_url = ""
+        self.egress = EgressProxy(on_denied=self._on_denied)
         self._logs: dict[str, TaskLog] = {}
         self._tasks: dict[str, Task] = {}  # active tasks, the live copy
         self._queue: list[str] = []
@@ -90,18 +99,8 @@ class TaskService:
 
     async def start(self) -> None:
         await self.store.open()
-        gateway_ip = await self.docker.ensure_network(self.settings.network)
-        port = self.settings.gateway_port
-        if not port:
-            # Re-adopted containers hold the old gateway URL: keep the port.
-            saved = await self.store.get_meta(f"gateway_port:{self.settings.network}")
-            port = int(saved) if saved else 0
-        try:
-            await self.gateway.start(gateway_ip, port)
-        except OSError:
-            await self.gateway.start(gateway_ip, 0)
-        await self.store.set_meta(f"gateway_port:{self.settings.network}", str(self.gateway.port))
-        self._gateway_url = f"http://{gateway_ip}:{self.gateway.port}"
+        await self.docker.ping()
+        await self.gateway.start()
         await self._recover()
         self._flusher = asyncio.create_task(self._flush_loop(), name="cbox-flusher")
         self._dispatch()
@@ -120,6 +119,7 @@ class TaskService:
             await wait_quietly(self._flusher)
         await self._flush()
         await self.gateway.close()
+        await self.egress.close()
         await self.store.close()
         await self.docker.close()
 
@@ -309,17 +309,21 @@ class TaskService:
             workspace = resolve_workspace(
                 task.workspace, self.settings.workspace_dir, self.settings.allowed_workspace_roots
             )
-            token = new_token()
-            task.gateway_token = token
-            self.gateway.register(token, task.id)
+            await self._open_network(run)
+            assert task.gateway_token and task.gateway_url and task.network
             config = container_config(
                 task=task,
                 limits=run.limits,
                 workspace=workspace,
                 image=run.limits.policy.image or self.settings.image,
-                network=self.settings.network,
+                network=task.network,
                 instance=self.settings.instance,
-                gateway=Gateway(url=self._gateway_url, token=token, oauth=self.gateway.uses_oauth),
+                gateway=Gateway(
+                    url=task.gateway_url,
+                    token=task.gateway_token,
+                    oauth=self.gateway.uses_oauth,
+                    proxy_url=task.proxy_url,
+                ),
                 passthrough_env=self._passthrough(run.limits),
                 stop_grace_s=self.settings.stop_grace_s,
             )
@@ -332,7 +336,7 @@ class TaskService:
             )
             await self._flush()
             await self.docker.start(task.container_id)
-        except CboxError as exc:
+        except (CboxError, OSError) as exc:
             task.outcome.error = str(exc)
             await self._finish(task, TaskState.FAILED)
             return
@@ -341,8 +345,10 @@ class TaskService:
     async def _adopt(self, run: _Run) -> None:
         """Continue a task whose container outlived the previous orchestrator."""
         task = run.task
-        if task.gateway_token:
-            self.gateway.register(task.gateway_token, task.id)
+        try:
+            await self._open_network(run)
+        except (CboxError, OSError) as exc:
+            log.warning("re-opening the gateway of %s failed: %s", task.id, exc)
         # Rebuild the parser's state from the lines already processed.
         after = 0
         while after < task.lines_consumed:
@@ -354,6 +360,56 @@ class TaskService:
             after += len(lines)
         self._logs[task.id].append("log", {"line": "orchestrator restarted; task re-adopted"})
         await self._follow(run)
+
+    async def _open_network(self, run: _Run) -> None:
+        """The task's own network, and its gateway (and proxy) listening on it.
+
+        On adoption after a restart the same network, token, address and port
+        are reused: the running container already holds them.
+        """
+        task, limits = run.task, run.limits
+        policy = limits.policy
+        task.network = task.network or f"{self.settings.network}-{task.id}"
+        ip = await self.docker.create_network(
+            task.network,
+            internal=policy.network != "open",
+            labels={LABEL_INSTANCE: self.settings.instance, LABEL_TASK: task.id},
+        )
+        task.gateway_token = task.gateway_token or new_token()
+        old_port = _port_of(task.gateway_url)
+        budget = Budget(max_cost_usd=limits.max_cost_usd, max_tokens=limits.max_tokens)
+        port = await self.gateway.open_for(task.id, task.gateway_token, ip, old_port, budget)
+        task.gateway_url = f"http://{ip}:{port}"
+        if policy.network == "allowlist":
+            old_proxy = _port_of(task.proxy_url)
+            proxy = await self.egress.open_for(task.id, ip, policy.allow_hosts, old_proxy)
+            task.proxy_url = f"http://{ip}:{proxy}"
+
+    async def _close_network(self, task: Task) -> None:
+        usage = await self.gateway.close_for(task.id)
+        if usage is not None and usage.requests:
+            task.outcome.gateway_usage = usage.as_dict()
+            if task.outcome.cost_usd is None:
+                task.outcome.cost_usd = round(usage.cost_usd, 6)
+        await self.egress.close_for(task.id)
+
+    def _on_budget(self, task_id: str, reason: str) -> None:
+        run = self._runs.get(task_id)
+        if run is None:
+            return
+        run.over_budget = reason
+        self._logs[task_id].append("log", {"line": reason})
+        self._background(self._stop_for_budget(task_id))
+
+    async def _stop_for_budget(self, task_id: str) -> None:
+        with contextlib.suppress(CboxError):
+            await self.stop(task_id)
+
+    def _on_denied(self, task_id: str, target: str, reason: str) -> None:
+        tlog = self._logs.get(task_id)
+        if tlog is not None:
+            tlog.append("egress_denied", {"target": target, "reason": reason})
+            tlog.append("log", {"line": f"egress denied: {target} ({reason})"})
 
     def _passthrough(self, limits: EffectiveLimits) -> dict[str, str]:
         import os  # the only environment read outside Settings: names the policy lists
@@ -422,7 +478,10 @@ class TaskService:
         self._apply_result(run, outcome)
         if task.started_at is not None and outcome.duration_ms is None:
             outcome.duration_ms = int((time.time() - task.started_at) * 1000)
-        if run.stop_requested:
+        if run.over_budget:
+            state = TaskState.STOPPED
+            outcome.error = run.over_budget
+        elif run.stop_requested:
             state = TaskState.STOPPED
             outcome.error = outcome.error or "stopped by request"
         elif run.timed_out:
@@ -467,6 +526,7 @@ class TaskService:
 
     async def _finish(self, task: Task, state: TaskState) -> None:
         """Record the end: state, `done` event, store; then clean up the container."""
+        await self._close_network(task)
         task.state = state
         task.finished_at = time.time()
         tlog = self._logs[task.id]
@@ -484,6 +544,7 @@ class TaskService:
                 "cost_usd": outcome.cost_usd,
                 "oom_killed": outcome.oom_killed,
                 "result": outcome.result,
+                "gateway_usage": outcome.gateway_usage,
             },
         )
         tlog.close()
@@ -494,12 +555,13 @@ class TaskService:
         if task.mount_mode is MountMode.RW and task.workspace:
             self._rw_locks.discard(task.workspace)
         await self._flush()
-        self.gateway.revoke(task.gateway_token)
-        if task.container_id:
-            try:
+        try:
+            if task.container_id:
                 await self.docker.remove(task.container_id)
-            except DockerError as exc:
-                log.warning("could not remove container of %s: %s", task.id, exc)
+            if task.network:
+                await self.docker.remove_network(task.network)
+        except DockerError as exc:
+            log.warning("could not clean up after %s: %s", task.id, exc)
         self._tasks.pop(task.id, None)
         self._logs.pop(task.id, None)
         self._dispatch()
@@ -554,6 +616,9 @@ class TaskService:
         for stranger in containers.values():
             log.info("removing container %s of unknown task %s", stranger.id[:12], stranger.task_id)
             await self.docker.remove(stranger.id)
+        for name, task_id in (await self.docker.managed_networks(self.settings.instance)).items():
+            if task_id not in self._tasks:
+                await self.docker.remove_network(name)
         self._queue.sort(key=lambda t: self._tasks[t].created_at)
         for task in adopt:
             if task.mount_mode is MountMode.RW and task.workspace:
@@ -569,6 +634,13 @@ class TaskService:
             events.extend(page)
             if len(page) < STORE_PAGE:
                 return events
+
+
+def _port_of(url: str | None) -> int:
+    if not url:
+        return 0
+    tail = url.rsplit(":", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
 
 
 async def _cancel(*jobs: asyncio.Task[Any]) -> None:

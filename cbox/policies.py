@@ -174,7 +174,9 @@ class PolicySet:
                     field="max_turns",
                 )
             max_turns = spec.max_turns
-        def tighten_optional(field: str, asked: float | None, ceiling: float | None) -> float | None:
+        def tighten_optional(
+            field: str, asked: float | None, ceiling: float | None
+        ) -> float | None:
             if asked is None or ceiling is None:
                 return asked if asked is not None else ceiling
             return tighten(field, asked, ceiling)

@@ -112,15 +112,19 @@ class Orchestrator:
         if ids:
             subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=False)
         nets = subprocess.run(
-            ["docker", "network", "ls", "-q", "--filter", f"label=dev.cbox.instance={self.instance}"],
+            ["docker", "network", "ls", "-q", "--filter", self.label_filter],
             capture_output=True, text=True, check=False,
         ).stdout.split()
         if nets:
             subprocess.run(["docker", "network", "rm", *nets], capture_output=True, check=False)
 
+    @property
+    def label_filter(self) -> str:
+        return f"label=dev.cbox.instance={self.instance}"
+
     def networks(self) -> list[str]:
         return subprocess.run(
-            ["docker", "network", "ls", "-q", "--filter", f"label=dev.cbox.instance={self.instance}"],
+            ["docker", "network", "ls", "-q", "--filter", self.label_filter],
             capture_output=True, text=True, check=False,
         ).stdout.split()
 

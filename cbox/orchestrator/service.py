@@ -310,7 +310,9 @@ class TaskService:
                 task.workspace, self.settings.workspace_dir, self.settings.allowed_workspace_roots
             )
             await self._open_network(run)
-            assert task.gateway_token and task.gateway_url and task.network
+            assert task.gateway_token is not None
+            assert task.gateway_url is not None
+            assert task.network is not None
             config = container_config(
                 task=task,
                 limits=run.limits,

@@ -79,6 +79,11 @@ class Settings(BaseSettings):
         None,
         description="CBOX_API_TOKEN: when set, API calls need `Authorization: Bearer <token>`.",
     )
+    api_token_file: Path = Field(
+        default_factory=lambda: Path.home() / ".config" / "cbox" / "api-token",
+        description="CBOX_API_TOKEN_FILE: where a generated API token is kept (mode 0600) "
+        "when the server listens beyond loopback without CBOX_API_TOKEN; the CLI reads it.",
+    )
     max_body_bytes: int = Field(
         1_048_576, ge=1024, description="CBOX_MAX_BODY_BYTES: request body size cap."
     )

@@ -64,8 +64,24 @@ server_option = click.option(
     show_default=True,
     help="Orchestrator URL (env CBOX_SERVER).",
 )
+def _token_callback(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Explicit token, else the one a local server generated (see cbox.auth)."""
+    if value:
+        return value
+    from cbox.auth import default_token_file, read_token
+
+    try:
+        return read_token(default_token_file())
+    except CboxError:
+        return None
+
+
 token_option = click.option(
-    "--token", envvar="CBOX_API_TOKEN", default=None, help="API token (env CBOX_API_TOKEN)."
+    "--token",
+    envvar="CBOX_API_TOKEN",
+    default=None,
+    callback=_token_callback,
+    help="API token (env CBOX_API_TOKEN; default: the token file a local server wrote).",
 )
 
 
@@ -366,6 +382,35 @@ def doctor(server: str) -> None:
     from cbox.cli.doctor import run_checks
 
     sys.exit(asyncio.run(run_checks(load_settings(), server)))
+
+
+class LazyGroup(click.Group):
+    """Subcommands named by import path and imported on first use, so `cbox run`
+    never pays for (or needs) an integration's dependencies such as gql."""
+
+    def __init__(self, *args: Any, lazy: dict[str, str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = lazy
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.lazy:
+            return super().get_command(ctx, cmd_name)
+        import importlib
+
+        module, _, attr = self.lazy[cmd_name].partition(":")
+        try:
+            command: click.Command = getattr(importlib.import_module(module), attr)
+        except ImportError as exc:
+            fail(f"`{cmd_name}` needs: pip install 'claude-box[{cmd_name}]' ({exc})", 2)
+        return command
+
+
+@cli.group(cls=LazyGroup, lazy={"linear": "cbox.integrations.linear_cli:linear"})
+def worker() -> None:
+    """Workers that feed an issue tracker's backlog to the orchestrator."""
 
 
 def main() -> None:

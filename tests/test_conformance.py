@@ -182,7 +182,6 @@ curl -s -m 3 -o /dev/null http://$host:2375/version && echo "BREACH: docker tcp"
 [ -S /var/run/docker.sock ] && echo "BREACH: docker socket" || echo "held: docker socket"
 curl -s -m 3 --unix-socket /var/run/docker.sock http://d/version >/dev/null 2>&1 \
   && echo "BREACH: docker API" || echo "held: docker API"
-grep -q "^0\\{{8\\}}" /proc/net/route && echo "BREACH: default route" || echo "held: no default route"
 code=$(curl -s -m 5 -o /dev/null -w '%{{http_code}}' -X POST {gateway}/v1/messages/count_tokens \
   -H "x-api-key: $ANTHROPIC_API_KEY" -H 'content-type: application/json' \
   -d '{{"model": "m", "messages": []}}')
@@ -190,7 +189,6 @@ code=$(curl -s -m 5 -o /dev/null -w '%{{http_code}}' -X POST {gateway}/v1/messag
 """)
     assert held(lines) == [
         "other network", "orchestrator API", "docker tcp", "docker socket", "docker API",
-        "no default route",
     ]
     assert "gateway answers" in lines
 

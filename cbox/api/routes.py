@@ -45,7 +45,8 @@ async def _spec(request: web.Request) -> TaskSpec:
     try:
         return TaskSpec.model_validate(body)
     except ValidationError as exc:
-        err = exc.errors()[0]
+        # An unknown field explains a "missing" one (a typo), so it goes first.
+        err = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
         where = ".".join(str(p) for p in err["loc"])
         message = err["msg"]
         if err["type"] == "extra_forbidden":

@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from cbox.errors import CboxError, Conflict, DockerError, TaskNotFound
@@ -98,6 +99,17 @@ class TaskService:
     # ------------------------------------------------------------------ life cycle
 
     async def start(self) -> None:
+        settings = self.settings
+        if not (settings.anthropic_api_key or settings.claude_code_oauth_token):
+            log.warning(
+                "no ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN is set: Claude Code tasks "
+                "will fail to authenticate (custom command agents still run)"
+            )
+        if not settings.workspace_dir.is_dir():
+            log.warning(
+                "WORKSPACE_DIR %s does not exist: tasks must name a workspace under "
+                "CBOX_ALLOWED_WORKSPACE_ROOTS", settings.workspace_dir,
+            )
         await self.store.open()
         await self.docker.ping()
         await self.gateway.start()
@@ -267,8 +279,8 @@ class TaskService:
                 break
             task = self._tasks[task_id]
             rw = task.mount_mode is MountMode.RW
-            if rw and task.workspace in self._rw_locks:
-                continue  # another writer has this workspace; later tasks may still go
+            if rw and task.workspace and self._overlaps_writer(task.workspace):
+                continue  # another writer has this tree; later tasks may still go
             self._queue.remove(task_id)
             if rw and task.workspace:
                 self._rw_locks.add(task.workspace)
@@ -277,6 +289,14 @@ class TaskService:
             if self._positions.get(task_id) != n:
                 self._positions[task_id] = n
                 self._logs[task_id].append("queued", {"position": n})
+
+    def _overlaps_writer(self, workspace: str) -> bool:
+        """A writer holds this tree, or a tree inside it or around it."""
+        path = Path(workspace)
+        return any(
+            path == held or held in path.parents or path in held.parents
+            for held in map(Path, self._rw_locks)
+        )
 
     def _launch(self, task: Task, *, adopt: bool = False) -> None:
         try:
@@ -445,6 +465,8 @@ class TaskService:
             # The orchestrator is closing: stop reading, leave the container
             # running for the next start to adopt.
             await _cancel(out, err)
+            with contextlib.suppress(BaseException):
+                await both
             raise
         await self._complete(run, info)
 

@@ -153,7 +153,13 @@ async def build_image(
             if base_image != DEFAULT_BASE:
                 raise ImageBuildError(f"base image {base_image!r} is not present")
             progress(f"pulling {base_image}")
-            await docker.images.pull(base_image)
+            try:
+                await docker.images.pull(base_image)
+            except aiodocker.DockerError as exc:
+                raise ImageBuildError(
+                    f"cannot pull {base_image}: {exc.message}. Without a registry, build "
+                    "with `cbox image build --debootstrap`"
+                ) from exc
             base = await _image(docker, base_image)
         base_id = str((base or {}).get("Id", base_image))
         args = {"BASE_IMAGE": base_image}

@@ -331,12 +331,19 @@ def image() -> None:
     is_flag=True,
     help="Let the build download the wheel itself instead of pip on this host.",
 )
+@click.option(
+    "--debootstrap",
+    is_flag=True,
+    help="No registry? Make the Debian base locally with debootstrap from this machine's "
+    "apt sources (needs root and debootstrap).",
+)
 @click.option("--force", is_flag=True, help="Rebuild even when the image is up to date.")
 def image_build(
     tag: str | None,
     base_image: str | None,
     wheel: Path | None,
     download_in_build: bool,
+    debootstrap: bool,
     force: bool,
 ) -> None:
     """Build the sandbox image; does nothing when it is up to date."""
@@ -348,6 +355,12 @@ def image_build(
     async def go() -> None:
         import aiodocker
 
+        base = base_image or images.DEFAULT_BASE
+        if debootstrap:
+            from cbox.baseimage import debootstrap_base
+
+            out.print("making a Debian base image with debootstrap (about a minute)")
+            base, _ = await asyncio.to_thread(debootstrap_base)
         chosen = wheel
         if chosen is None and not download_in_build:
             cache = Path(os.path.expanduser("~/.cache/cbox/wheels"))
@@ -359,7 +372,7 @@ def image_build(
             result = await images.build_image(
                 docker,
                 tag=tag or settings.image,
-                base_image=base_image or images.DEFAULT_BASE,
+                base_image=base,
                 wheel=chosen,
                 progress=lambda m: out.print(m, markup=False, style="dim"),
                 force=force,

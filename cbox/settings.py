@@ -8,6 +8,7 @@ prefix. Nothing else in claude-box reads `os.environ`.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -78,6 +79,11 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = Field(
         None,
         description="CBOX_API_TOKEN: when set, API calls need `Authorization: Bearer <token>`.",
+    )
+    host_firewall: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="CBOX_HOST_FIREWALL: confine task networks to the gateway's ports on the "
+        "host with iptables (auto: when root and iptables are there; on: required; off).",
     )
     api_token_file: Path = Field(
         default_factory=lambda: Path.home() / ".config" / "cbox" / "api-token",

@@ -7,6 +7,7 @@ label, so tests never see each other's tasks or containers.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import signal
@@ -117,6 +118,10 @@ class Orchestrator:
         ).stdout.split()
         if nets:
             subprocess.run(["docker", "network", "rm", *nets], capture_output=True, check=False)
+        # The instance's host firewall chain (kept by the server for adoption).
+        chain = "CBOX-" + hashlib.sha256(self.instance.encode()).hexdigest()[:10]
+        for args in (["-D", "INPUT", "-j", chain], ["-F", chain], ["-X", chain]):
+            subprocess.run(["iptables", "-w", *args], capture_output=True, check=False)
 
     @property
     def label_filter(self) -> str:

@@ -170,6 +170,14 @@ async def outside_host(image: str) -> AsyncIterator[str]:
 async def test_no_way_out_but_the_gateway(
     box: Orchestrator, workspace: Path, outside_host: str
 ) -> None:
+    async def host_service(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nhi\n")
+        await writer.drain()
+        writer.close()
+
+    # A host service on all interfaces, as a database or sshd would be.
+    service = await asyncio.start_server(host_service, "0.0.0.0", 0)
+    service_port = service.sockets[0].getsockname()[1]
     gateway = "${ANTHROPIC_BASE_URL}"
     lines, _, _ = await run_attack(box, workspace, "attack-rw", f"""
 curl -s -m 3 -o /dev/null http://{outside_host}:8000/ && echo "BREACH: reached another network" \
@@ -177,6 +185,8 @@ curl -s -m 3 -o /dev/null http://{outside_host}:8000/ && echo "BREACH: reached a
 host=$(echo {gateway} | sed -e 's|http://||' -e 's|:.*||')
 curl -s -m 3 -o /dev/null http://$host:{box.port}/status && echo "BREACH: reached the API" \
   || echo "held: orchestrator API"
+curl -s -m 3 -o /dev/null http://$host:{service_port}/ && echo "BREACH: reached a host service" \
+  || echo "held: host service"
 curl -s -m 3 -o /dev/null http://$host:2375/version && echo "BREACH: docker tcp" \
   || echo "held: docker tcp"
 [ -S /var/run/docker.sock ] && echo "BREACH: docker socket" || echo "held: docker socket"
@@ -187,8 +197,10 @@ code=$(curl -s -m 5 -o /dev/null -w '%{{http_code}}' -X POST {gateway}/v1/messag
   -d '{{"model": "m", "messages": []}}')
 [ "$code" = 200 ] && echo "gateway answers" || echo "BREACH-ish: gateway gave $code"
 """)
+    service.close()
     assert held(lines) == [
-        "other network", "orchestrator API", "docker tcp", "docker socket", "docker API",
+        "other network", "orchestrator API", "host service", "docker tcp", "docker socket",
+        "docker API",
     ]
     assert "gateway answers" in lines
 

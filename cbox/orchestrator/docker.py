@@ -91,7 +91,7 @@ class DockerBackend:
         return labels
 
     async def create_network(
-        self, name: str, *, internal: bool, labels: dict[str, str]
+        self, name: str, *, bridge: str, internal: bool, labels: dict[str, str]
     ) -> str:
         """Create (or find) a task's own bridge network; return its gateway IP.
 
@@ -113,7 +113,11 @@ class DockerBackend:
                         "Internal": internal,
                         "CheckDuplicate": True,
                         "Labels": {LABEL_MANAGED: "true", **labels},
-                        "Options": {"com.docker.network.bridge.enable_icc": "false"},
+                        "Options": {
+                            "com.docker.network.bridge.enable_icc": "false",
+                            # A known interface name, for the host firewall's rules.
+                            "com.docker.network.bridge.name": bridge,
+                        },
                     }
                 )
             info = await net.show()
@@ -236,6 +240,11 @@ class DockerBackend:
                 )
             )
         return result
+
+
+def bridge_name(task_id: str) -> str:
+    """Linux interface names stop at 15 characters: `cb-` and the id's random tail."""
+    return "cb-" + task_id.removeprefix("task_")[-12:]
 
 
 async def wait_quietly(task: asyncio.Task[Any]) -> None:

@@ -27,9 +27,11 @@ from cbox.orchestrator.docker import (
     LABEL_TASK,
     DockerBackend,
     ExitInfo,
+    bridge_name,
     wait_quietly,
 )
 from cbox.orchestrator.egress import EgressProxy
+from cbox.orchestrator.firewall import HostFirewall
 from cbox.orchestrator.gateway import ApiGateway, Budget, new_token
 from cbox.orchestrator.store import Store
 from cbox.orchestrator.streamjson import CommandParser, ParsedEvent, StreamJsonParser
@@ -84,6 +86,7 @@ class TaskService:
             on_budget=self._on_budget,
         )
         self.egress = EgressProxy(on_denied=self._on_denied)
+        self.firewall = HostFirewall(settings.host_firewall, settings.instance)
         self._logs: dict[str, TaskLog] = {}
         self._tasks: dict[str, Task] = {}  # active tasks, the live copy
         self._queue: list[str] = []
@@ -112,6 +115,7 @@ class TaskService:
             )
         await self.store.open()
         await self.docker.ping()
+        await self.firewall.setup()
         await self.gateway.start()
         await self._recover()
         self._flusher = asyncio.create_task(self._flush_loop(), name="cbox-flusher")
@@ -394,6 +398,7 @@ class TaskService:
         task.network = task.network or f"{self.settings.network}-{task.id}"
         ip = await self.docker.create_network(
             task.network,
+            bridge=bridge_name(task.id),
             internal=policy.network != "open",
             labels={LABEL_INSTANCE: self.settings.instance, LABEL_TASK: task.id},
         )
@@ -406,8 +411,15 @@ class TaskService:
             old_proxy = _port_of(task.proxy_url)
             proxy = await self.egress.open_for(task.id, ip, policy.allow_hosts, old_proxy)
             task.proxy_url = f"http://{ip}:{proxy}"
+        await self.firewall.confine(bridge_name(task.id), self._door_ports(task))
+
+    @staticmethod
+    def _door_ports(task: Task) -> list[int]:
+        return [p for p in (_port_of(task.gateway_url), _port_of(task.proxy_url)) if p]
 
     async def _close_network(self, task: Task) -> None:
+        if task.network:
+            await self.firewall.release(bridge_name(task.id), self._door_ports(task))
         usage = await self.gateway.close_for(task.id)
         if usage is not None and usage.requests:
             task.outcome.gateway_usage = usage.as_dict()

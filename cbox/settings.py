@@ -21,7 +21,10 @@ def _default_data_dir() -> Path:
 class Settings(BaseSettings):
     """Every knob of the orchestrator; each field documents its environment name."""
 
-    model_config = SettingsConfigDict(env_prefix="CBOX_", extra="ignore", populate_by_name=True)
+    # env_ignore_empty: `CBOX_API_TOKEN=` (as compose passes an unset variable) means unset.
+    model_config = SettingsConfigDict(
+        env_prefix="CBOX_", extra="ignore", populate_by_name=True, env_ignore_empty=True
+    )
 
     host: str = Field(
         "0.0.0.0",

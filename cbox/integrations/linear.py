@@ -149,6 +149,7 @@ class LinearWorker:
     async def run_daemon(self, stop: asyncio.Event) -> None:
         """Keep up to `max_parallel` issues running until `stop` is set."""
         running: dict[str, asyncio.Task[bool | None]] = {}
+        stopping = asyncio.ensure_future(stop.wait())
         while not stop.is_set():
             await self._logged(self.recover(), None)
             free = self.config.max_parallel - len(running)
@@ -161,8 +162,7 @@ class LinearWorker:
                         continue
                     running[issue.id] = asyncio.create_task(self.handle(issue))
                     free -= 1
-            waiters: set[asyncio.Future[Any]] = {asyncio.ensure_future(stop.wait())}
-            waiters |= set(running.values())
+            waiters: set[asyncio.Future[Any]] = {stopping, *running.values()}
             await asyncio.wait(
                 waiters, timeout=self.config.interval_s, return_when=asyncio.FIRST_COMPLETED
             )
@@ -174,6 +174,7 @@ class LinearWorker:
                     exc = job.exception()
                     if exc is not None:
                         logger.error("issue %s: %s", issue_id, _one_line(exc))
+        stopping.cancel()
         await self._shutdown(running)
 
     async def _shutdown(self, running: dict[str, asyncio.Task[bool | None]]) -> None:

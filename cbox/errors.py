@@ -5,6 +5,8 @@
     ├── InvalidRequest         a caller's mistake: bad field, empty prompt (HTTP 400/422)
     │   └── PolicyViolation    a request that would loosen a policy ceiling
     ├── TaskNotFound           (also LookupError)  unknown task id (HTTP 404)
+    ├── SessionNotFound        (also LookupError)  unknown session (HTTP 404)
+    ├── SessionBroken          a session's volume is gone or corrupt (the task fails)
     ├── Conflict               an action the task's state does not allow (HTTP 409)
     ├── DockerError            the engine refused or is unreachable
     │   └── ImageNotFound      the sandbox image is missing: build it first
@@ -47,6 +49,14 @@ class PolicyViolation(InvalidRequest):
 
 class TaskNotFound(CboxError, LookupError):
     """No task has this id."""
+
+
+class SessionNotFound(CboxError, LookupError):
+    """No session has this name."""
+
+
+class SessionBroken(CboxError):
+    """A session's stored conversation is gone or unreadable; never silently restarted."""
 
 
 class Conflict(CboxError):

@@ -7,6 +7,7 @@ pydantic models, so validation and serialization live in one place.
 from __future__ import annotations
 
 import enum
+import re
 import secrets
 import time
 from typing import Any, Literal
@@ -16,6 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 #: Claude Code takes the prompt as one argv string, and Linux caps one argv
 #: string at 128 KiB (MAX_ARG_STRLEN); we stay clearly below it.
 MAX_PROMPT_CHARS = 100_000
+
+#: Session names end up in Docker volume names and URLs: keep them to the
+#: characters both accept, starting with a letter or digit.
+SESSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 def new_task_id() -> str:
@@ -86,6 +91,22 @@ class TaskSpec(BaseModel):
     metadata: dict[str, str] = Field(
         default_factory=dict, description="Free-form labels kept with the task."
     )
+    session: str | None = Field(
+        None,
+        description="Session name: tasks of one session continue one Claude Code "
+        "conversation, one at a time. The first task creates it. Letters, digits, `_.-`; "
+        "at most 64 characters.",
+    )
+
+    @field_validator("session")
+    @classmethod
+    def _session_name(cls, value: str | None) -> str | None:
+        if value is not None and not SESSION_NAME.match(value):
+            raise ValueError(
+                "session must be 1-64 characters of letters, digits, '_', '.' or '-', "
+                "starting with a letter or digit"
+            )
+        return value
 
     @field_validator("prompt")
     @classmethod
@@ -113,6 +134,32 @@ class Outcome(BaseModel):
     gateway_usage: dict[str, Any] | None = Field(
         None, description="Tokens and estimated cost counted by the gateway from the traffic."
     )
+
+
+class Isolation(BaseModel):
+    """An isolated task's private copy of a git workspace, and what came back from it."""
+
+    branch: str = Field(description="`cbox/<task id>` in the user's repository.")
+    base_commit: str = Field(description="The user's HEAD when the task started.")
+    snapshot_commit: str | None = Field(
+        None,
+        description="A commit on top of HEAD holding the user's uncommitted changes "
+        "(tracked and untracked, not ignored) at task start; None when there were none.",
+    )
+    copy_path: str | None = Field(None, description="Server-side copy; gone once collected.")
+    uid: int = 0
+    gid: int = 0
+    commit: str | None = Field(
+        None, description="Tip of the branch; None when the task changed nothing."
+    )
+    diffstat: str | None = Field(None, description="`git diff --stat` of the task's change.")
+    files_changed: int = 0
+    insertions: int = 0
+    deletions: int = 0
+    empty: bool | None = Field(
+        None, description="True when the task changed nothing (then no branch is created)."
+    )
+    error: str | None = Field(None, description="Why the work could not be brought back.")
 
 
 _PRIVATE_FIELDS = {"lines_consumed", "stderr_consumed", "gateway_token", "proxy_url"}
@@ -143,6 +190,8 @@ class Task(BaseModel):
     network: str | None = Field(None, description="The task's own Docker network.")
     gateway_url: str | None = Field(None, description="Where the box reaches the gateway.")
     proxy_url: str | None = Field(None, description="The allowlist proxy, if any.")
+    isolated: bool = Field(False, description="Runs on its own copy of a git workspace.")
+    isolation: Isolation | None = None
 
     @property
     def prompt(self) -> str:
@@ -174,6 +223,21 @@ EventType = Literal[
     "error",
     "done",
 ]
+
+
+class Session(BaseModel):
+    """A named conversation: its Claude Code session id and the volume holding it."""
+
+    id: str
+    created_at: float = Field(default_factory=now_s)
+    updated_at: float = Field(default_factory=now_s)
+    volume: str = Field(description="Docker volume holding the CLI's config dir.")
+    claude_session_id: str | None = Field(
+        None, description="What the next task passes to `--resume`."
+    )
+    last_task_id: str | None = None
+    uid: int | None = Field(None, description="Owner of the volume's files.")
+    gid: int | None = None
 
 
 class Event(BaseModel):

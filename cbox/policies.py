@@ -30,7 +30,12 @@ class Policy(BaseModel):
     name: str = Field("", description="Set from the file name.")
     description: str = ""
     aliases: list[str] = Field(default_factory=list)
-    workspace: Literal["ro", "rw"] = Field("rw", description="Workspace mount mode.")
+    workspace: Literal["ro", "rw", "isolated"] = Field(
+        "rw",
+        description="ro / rw: the workspace itself, mounted read-only or read-write (one "
+        "writer at a time); isolated: a private copy of the git workspace on a new branch "
+        "`cbox/<task id>`, committed back when the task ends (writers run in parallel).",
+    )
     network: Literal["gateway", "allowlist", "open"] = Field(
         "gateway",
         description="gateway: the model API through the host gateway, nothing else; "
@@ -71,6 +76,7 @@ class EffectiveLimits(BaseModel):
 
     policy: Policy
     mount_mode: MountMode
+    isolated: bool = False
     cpus: float
     memory_mb: int
     pids: int
@@ -185,6 +191,8 @@ class PolicySet:
         return EffectiveLimits(
             policy=policy,
             mount_mode=MountMode.RO if ro else MountMode.RW,
+            # A read-only request needs no copy: nothing can change.
+            isolated=policy.workspace == "isolated" and not ro,
             cpus=tighten("cpus", spec.cpus, policy.cpus),
             memory_mb=int(tighten("memory_mb", spec.memory_mb, policy.memory_mb)),
             pids=int(tighten("pids", spec.pids, policy.pids)),

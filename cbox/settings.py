@@ -70,6 +70,11 @@ class Settings(BaseSettings):
         default_factory=lambda: _default_data_dir() / "cbox.db",
         description="CBOX_DB_PATH: the SQLite file holding tasks and event logs.",
     )
+    data_dir: Path | None = Field(
+        None,
+        description="CBOX_DATA_DIR: where per-task working copies of isolated tasks live "
+        "(`<data_dir>/isolated/<task id>`); default: the directory holding CBOX_DB_PATH.",
+    )
     max_concurrent: int = Field(2, ge=1, le=256, description="CBOX_MAX_CONCURRENT: running cap.")
     policies_dir: Path | None = Field(
         None, description="CBOX_POLICIES_DIR: directory of extra or overriding policy files."
@@ -112,3 +117,8 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("DOCKER_HOST", "CBOX_DOCKER_HOST"),
         description="DOCKER_HOST: engine address; default is the local socket.",
     )
+
+    @property
+    def work_dir(self) -> Path:
+        """Root of the orchestrator's own files besides the database."""
+        return self.data_dir if self.data_dir is not None else self.db_path.parent

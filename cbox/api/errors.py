@@ -16,6 +16,7 @@ from cbox.errors import (
     ImageNotFound,
     InvalidRequest,
     PolicyViolation,
+    SessionNotFound,
     TaskNotFound,
 )
 
@@ -25,6 +26,7 @@ STATUS: dict[type[CboxError], int] = {
     PolicyViolation: 403,
     InvalidRequest: 400,
     TaskNotFound: 404,
+    SessionNotFound: 404,
     Conflict: 409,
     ImageNotFound: 503,
     DockerError: 503,

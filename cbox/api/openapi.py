@@ -11,10 +11,11 @@ from typing import Any
 from aiohttp import web
 
 from cbox import __version__
-from cbox.models import TaskSpec, TaskState
+from cbox.models import Isolation, Session, TaskSpec, TaskState
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 _TASK = {"$ref": "#/components/schemas/Task"}
+_SESSION = {"$ref": "#/components/schemas/Session"}
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -23,7 +24,7 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 def _errors(*codes: int) -> dict[str, Any]:
     text = {400: "Bad request", 401: "Unauthorized", 403: "Past a policy ceiling",
-            404: "Unknown task", 409: "Wrong state", 413: "Body too large",
+            404: "Unknown task or session", 409: "Wrong state", 413: "Body too large",
             503: "Docker engine or image unavailable"}
     return {str(c): _json(_ERROR, text[c]) for c in codes}
 
@@ -34,6 +35,8 @@ _SSE = {
     "result, stderr, log, done), `data:` a JSON object.",
     "content": {"text/event-stream": {"schema": {"type": "string"}}},
 }
+_SESSION_ID = {"name": "session_id", "in": "path", "required": True,
+               "schema": {"type": "string"}}
 _TASK_ID = {"name": "task_id", "in": "path", "required": True, "schema": {"type": "string"}}
 _SPEC_BODY = {
     "required": True,
@@ -63,6 +66,8 @@ def _task_schema() -> dict[str, Any]:
         "result": {},
         "error": {"type": ["string", "null"]},
         "last_seq": {"type": "integer"},
+        "isolated": {"type": "boolean"},
+        "isolation": {"anyOf": [{"$ref": "#/components/schemas/Isolation"}, {"type": "null"}]},
     }
     for name, schema in TaskSpec.model_json_schema()["properties"].items():
         props.setdefault(name, schema)
@@ -78,6 +83,8 @@ def spec() -> dict[str, Any]:
             "schemas": {
                 "TaskSpec": TaskSpec.model_json_schema(),
                 "Task": _task_schema(),
+                "Session": Session.model_json_schema(),
+                "Isolation": Isolation.model_json_schema(),
                 "Error": {
                     "type": "object",
                     "properties": {
@@ -148,6 +155,24 @@ def spec() -> dict[str, Any]:
                 "responses": {"200": {"description": "Lines",
                                       "content": {"application/x-ndjson": {}}},
                               **_errors(404)}}},
+            "/sessions": {"get": {"summary": "Sessions, newest first",
+                                  "responses": {"200": _json(
+                                      {"type": "object",
+                                       "properties": {"sessions": {"type": "array",
+                                                                   "items": _SESSION}}},
+                                      "Sessions")}}},
+            "/sessions/{session_id}": {
+                "get": {"summary": "One session and its tasks (oldest first)",
+                        "parameters": [_SESSION_ID],
+                        "responses": {"200": _json(
+                            {"allOf": [_SESSION, {"type": "object", "properties": {
+                                "tasks": {"type": "array", "items": _TASK}}}]},
+                            "The session"), **_errors(404)}},
+                "delete": {"summary": "Delete a session and its volume",
+                           "parameters": [_SESSION_ID],
+                           "responses": {"200": _json({"type": "object"}, "Deleted"),
+                                         **_errors(404, 409)}},
+            },
             "/policies": {"get": {"summary": "Policies and their effective values",
                                   "responses": {"200": _json({"type": "object"}, "Policies")}}},
             "/healthz": {"get": {"summary": "Liveness",

@@ -201,6 +201,28 @@ async def get_task_raw(request: web.Request) -> web.Response:
     )
 
 
+@routes.get("/sessions")
+async def get_sessions(request: web.Request) -> web.Response:
+    sessions = await _service(request).list_sessions()
+    return web.json_response({"sessions": [s.model_dump(mode="json") for s in sessions]})
+
+
+@routes.get("/sessions/{session_id}")
+async def get_session(request: web.Request) -> web.Response:
+    """One session and its tasks, oldest first."""
+    session, tasks = await _service(request).get_session(request.match_info["session_id"])
+    return web.json_response(
+        {**session.model_dump(mode="json"), "tasks": [t.public() for t in tasks]}
+    )
+
+
+@routes.delete("/sessions/{session_id}")
+async def delete_session(request: web.Request) -> web.Response:
+    """Forget a session and remove its volume (409 while one of its tasks is active)."""
+    session = await _service(request).delete_session(request.match_info["session_id"])
+    return web.json_response({"deleted": session.id, "volume": session.volume})
+
+
 @routes.get("/policies")
 async def get_policies(request: web.Request) -> web.Response:
     policies = _service(request).policies.all()

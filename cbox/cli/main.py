@@ -112,6 +112,11 @@ def cli() -> None:
     default=None,
     help="Host directory to work on (default: the server's WORKSPACE_DIR).",
 )
+@click.option(
+    "--session",
+    default=None,
+    help="Continue (or start) the named conversation; tasks of one session run one at a time.",
+)
 @click.option("--detach", "-d", is_flag=True, help="Print the task id and return.")
 @click.option("--json", "as_json", is_flag=True, help="Print events as JSON lines.")
 @server_option
@@ -125,6 +130,7 @@ def run(
     model: str | None,
     max_turns: int | None,
     workspace: Path | None,
+    session: str | None,
     detach: bool,
     as_json: bool,
     server: str,
@@ -140,6 +146,7 @@ def run(
         ("timeout_s", timeout_s),
         ("model", model),
         ("max_turns", max_turns),
+        ("session", session),
     ):
         if value is not None:
             spec[key] = value
@@ -289,6 +296,67 @@ def logs(task_id: str, follow: bool, as_json: bool, server: str, token: str | No
             return 0
 
     sys.exit(run_async(go()))
+
+
+@cli.group(invoke_without_command=True)
+@server_option
+@token_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def sessions(ctx: click.Context, server: str, token: str | None, as_json: bool) -> None:
+    """Named conversations: list them (default), show or delete one."""
+    ctx.obj = (server, token)
+    if ctx.invoked_subcommand is not None:
+        return
+
+    async def go() -> None:
+        async with Client(server, token) as client:
+            body = await client.request("GET", "/sessions")
+        if as_json:
+            import json
+
+            click.echo(json.dumps(body["sessions"], indent=2))
+        elif not body["sessions"]:
+            click.echo("no sessions yet")
+        else:
+            render.console().print(render.sessions_table(body["sessions"]))
+
+    run_async(go())
+
+
+@sessions.command("show")
+@click.argument("name")
+@click.pass_obj
+def sessions_show(obj: tuple[str, str | None], name: str) -> None:
+    """A session and its tasks, oldest first."""
+
+    async def go() -> None:
+        async with Client(*obj) as client:
+            body = await client.request("GET", f"/sessions/{name}")
+        out = render.console()
+        out.print(
+            f"session {body['id']}  volume {body['volume']}  "
+            f"claude session {body.get('claude_session_id') or '-'}",
+            markup=False,
+        )
+        if body["tasks"]:
+            out.print(render.tasks_table(body["tasks"]))
+
+    run_async(go())
+
+
+@sessions.command("delete")
+@click.argument("name")
+@click.pass_obj
+def sessions_delete(obj: tuple[str, str | None], name: str) -> None:
+    """Delete a session and its volume (refused while one of its tasks is active)."""
+
+    async def go() -> None:
+        async with Client(*obj) as client:
+            body = await client.request("DELETE", f"/sessions/{name}")
+        click.echo(f"deleted session {body['deleted']} (volume {body['volume']})")
+
+    run_async(go())
 
 
 @cli.command()

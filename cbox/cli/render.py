@@ -43,6 +43,15 @@ def summary_line(done: dict[str, Any]) -> str:
         parts.append(f"${done['cost_usd']:.4f}")
     if done.get("exit_code") is not None:
         parts.append(f"exit {done['exit_code']}")
+    if done.get("branch") and done.get("commit"):
+        iso = done.get("isolation") or {}
+        parts.append(
+            f"branch {done['branch']} ({str(done['commit'])[:12]}, "
+            f"{iso.get('files_changed', '?')} files, +{iso.get('insertions', 0)} "
+            f"-{iso.get('deletions', 0)})"
+        )
+    elif (done.get("isolation") or {}).get("empty"):
+        parts.append("no change, no branch")
     line = " · ".join(parts)
     if done.get("error") and done.get("state") != "completed":
         line += f" — {done['error']}"
@@ -64,7 +73,10 @@ def render_event(out: Console, event: SseEvent, *, as_json: bool) -> None:
         out.print(
             Text(
                 f"▶ running in container {data.get('container_id')} "
-                f"({data.get('mount_mode')} workspace)",
+                f"({data.get('mount_mode')} workspace"
+                + (f", branch {data['branch']}" if data.get("branch") else "")
+                + (f", session {data['session']}" if data.get("session") else "")
+                + ")",
                 style=STYLE["running"],
             )
         )
@@ -89,5 +101,24 @@ def tasks_table(tasks: list[dict[str, Any]]) -> Table:
             format_duration(task.get("duration_ms")),
             f"${cost:.4f}" if cost is not None else "-",
             prompt[:80],
+        )
+    return table
+
+
+def sessions_table(sessions: list[dict[str, Any]]) -> Table:
+    import datetime
+
+    table = Table(box=None, pad_edge=False, show_edge=False)
+    # Names and ids are what users copy into the next command: never cut them.
+    table.add_column("NAME", overflow="fold")
+    table.add_column("LAST TASK", overflow="fold", min_width=len("task_") + 20)
+    table.add_column("UPDATED", no_wrap=True)
+    table.add_column("VOLUME", overflow="ellipsis", no_wrap=True)
+    for session in sessions:
+        updated = datetime.datetime.fromtimestamp(session["updated_at"]).strftime(
+            "%Y-%m-%d %H:%M"
+        )
+        table.add_row(
+            session["id"], session.get("last_task_id") or "-", updated, session["volume"]
         )
     return table

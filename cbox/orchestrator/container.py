@@ -25,6 +25,7 @@ from typing import Any
 from cbox.errors import InvalidRequest
 from cbox.models import MountMode, Task
 from cbox.orchestrator.docker import LABEL_INSTANCE, LABEL_MANAGED, LABEL_TASK
+from cbox.orchestrator.sessions import SESSION_MOUNT, SessionMount
 from cbox.policies import EffectiveLimits
 
 #: uid/gid of the image's `agent` user, used when the workspace belongs to root
@@ -62,7 +63,9 @@ def resolve_workspace(requested: str | None, default: Path, roots: list[Path]) -
     return Workspace(path=path, uid=uid, gid=gid)
 
 
-def agent_command(task: Task, limits: EffectiveLimits) -> list[str]:
+def agent_command(
+    task: Task, limits: EffectiveLimits, resume_id: str | None = None
+) -> list[str]:
     policy = limits.policy
     if policy.agent == "command":
         return list(policy.command)
@@ -75,6 +78,8 @@ def agent_command(task: Task, limits: EffectiveLimits) -> list[str]:
         "--verbose",
         "--dangerously-skip-permissions",
     ]
+    if resume_id:
+        cmd += ["--resume", resume_id]
     if limits.model:
         cmd += ["--model", limits.model]
     if limits.max_turns is not None:
@@ -109,8 +114,14 @@ def container_config(
     gateway: Gateway,
     passthrough_env: dict[str, str],
     stop_grace_s: float,
+    session: SessionMount | None = None,
 ) -> dict[str, Any]:
-    """The Docker Engine API `ContainerCreate` body for one task."""
+    """The Docker Engine API `ContainerCreate` body for one task.
+
+    `workspace` is what gets mounted at /workspace: the user's tree, or an
+    isolated task's copy of it. A session adds its volume as the CLI's config
+    dir.
+    """
     env = {
         **passthrough_env,
         "ANTHROPIC_BASE_URL": gateway.url,
@@ -124,10 +135,16 @@ def container_config(
                 "model": limits.model,
                 "max_turns": limits.max_turns,
                 "metadata": task.spec.metadata,
+                "session": task.spec.session,
+                "branch": task.isolation.branch if task.isolation else None,
             }
         ),
         "HOME": "/home/agent",
     }
+    binds = [f"{workspace.path}:/workspace:{limits.mount_mode.value}"]
+    if session is not None:
+        env["CLAUDE_CONFIG_DIR"] = SESSION_MOUNT
+        binds.append(f"{session.volume}:{SESSION_MOUNT}:rw")
     # The container only ever holds the per-task token; the gateway swaps in
     # the real credential, in the header the CLI uses for this kind of token.
     env["CLAUDE_CODE_OAUTH_TOKEN" if gateway.oauth else "ANTHROPIC_API_KEY"] = gateway.token
@@ -140,7 +157,7 @@ def container_config(
     memory = limits.memory_mb * 1024 * 1024
     return {
         "Image": image,
-        "Cmd": agent_command(task, limits),
+        "Cmd": agent_command(task, limits, session.resume_id if session else None),
         "Env": [f"{k}={v}" for k, v in env.items()],
         "User": f"{workspace.uid}:{workspace.gid}",
         "WorkingDir": "/workspace",
@@ -148,7 +165,7 @@ def container_config(
         "StopSignal": "SIGTERM",
         "StopTimeout": max(1, int(stop_grace_s)),
         "HostConfig": {
-            "Binds": [f"{workspace.path}:/workspace:{limits.mount_mode.value}"],
+            "Binds": binds,
             "Memory": memory,
             "MemorySwap": memory,
             "NanoCpus": int(limits.cpus * 1e9),

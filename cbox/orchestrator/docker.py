@@ -22,6 +22,7 @@ from cbox.errors import DockerError, ImageNotFound
 LABEL_MANAGED = "dev.cbox.managed"
 LABEL_TASK = "dev.cbox.task-id"
 LABEL_INSTANCE = "dev.cbox.instance"
+LABEL_SESSION = "dev.cbox.session"
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +241,63 @@ class DockerBackend:
                 )
             )
         return result
+
+    # ------------------------------------------------------------------ volumes
+
+    async def volume_exists(self, name: str) -> bool:
+        try:
+            await self.docker.volumes.get(name)  # type: ignore[no-untyped-call]
+        except aiodocker.DockerError as exc:
+            if exc.status == 404:
+                return False
+            raise _translate(exc, f"inspect volume {name}") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise _translate(exc, f"inspect volume {name}") from exc
+        return True
+
+    async def create_volume(self, name: str, labels: dict[str, str]) -> None:
+        try:
+            await self.docker.volumes.create(  # type: ignore[no-untyped-call]
+                {"Name": name, "Driver": "local", "Labels": {LABEL_MANAGED: "true", **labels}}
+            )
+        except _ENGINE_ERRORS as exc:
+            raise _translate(exc, f"create volume {name}") from exc
+
+    async def remove_volume(self, name: str) -> None:
+        """Remove a volume; a missing one is fine, one in use is a `DockerError`."""
+        try:
+            volume = await self.docker.volumes.get(name)  # type: ignore[no-untyped-call]
+            await volume.delete()
+        except aiodocker.DockerError as exc:
+            if exc.status != 404:
+                raise _translate(exc, f"remove volume {name}") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise _translate(exc, f"remove volume {name}") from exc
+
+    async def run_helper(
+        self, name: str, config: dict[str, Any], timeout_s: float = 120.0
+    ) -> tuple[int, str]:
+        """Run a short-lived container to its end; return its exit code and output.
+
+        Used for the few jobs the orchestrator must do inside a volume it
+        cannot reach from the host (a remote engine, or files of another uid).
+        """
+        try:
+            container = await self.docker.containers.create(config=config, name=name)
+        except _ENGINE_ERRORS as exc:
+            raise _translate(exc, "create helper container") from exc
+        try:
+            await container.start()
+            result = await asyncio.wait_for(container.wait(), timeout_s)
+            output = await container.log(stdout=True, stderr=True)
+        except TimeoutError:
+            raise DockerError(f"helper container {name} did not finish in {timeout_s:g}s") from None
+        except _ENGINE_ERRORS as exc:
+            raise _translate(exc, "run helper container") from exc
+        finally:
+            with contextlib.suppress(*_ENGINE_ERRORS):
+                await container.delete(force=True, v=True)
+        return int(result.get("StatusCode", -1)), "".join(output)
 
 
 def bridge_name(task_id: str) -> str:

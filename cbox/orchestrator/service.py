@@ -1,7 +1,8 @@
 """TaskService: the one core behind the HTTP API, the CLI and the workers.
 
-It owns the queue (priority, FIFO within a priority, a concurrency cap, and
-one read-write task per workspace at a time), runs each task in a fresh
+It owns the queue (priority, FIFO within a priority, a concurrency cap, one
+read-write task per workspace at a time — isolated tasks work on their own
+copies and need no such lock — and one task per session at a time), runs each task in a fresh
 container, turns its output into events, persists everything, and recovers
 after a crash: queued tasks are queued again, running containers are adopted
 (their log is re-read from Docker and resumes exactly after the last line the
@@ -20,8 +21,17 @@ from pathlib import Path
 from typing import Any
 
 from cbox.errors import CboxError, Conflict, DockerError, TaskNotFound
-from cbox.models import Event, MountMode, Outcome, Task, TaskSpec, TaskState, new_task_id
-from cbox.orchestrator.container import Gateway, container_config, resolve_workspace
+from cbox.models import (
+    Event,
+    MountMode,
+    Outcome,
+    Session,
+    Task,
+    TaskSpec,
+    TaskState,
+    new_task_id,
+)
+from cbox.orchestrator.container import Gateway, Workspace, container_config, resolve_workspace
 from cbox.orchestrator.docker import (
     LABEL_INSTANCE,
     LABEL_TASK,
@@ -33,6 +43,8 @@ from cbox.orchestrator.docker import (
 from cbox.orchestrator.egress import EgressProxy
 from cbox.orchestrator.firewall import HostFirewall
 from cbox.orchestrator.gateway import ApiGateway, Budget, new_token
+from cbox.orchestrator.isolated import Isolator, check_repository
+from cbox.orchestrator.sessions import SessionManager, SessionMount
 from cbox.orchestrator.store import Store
 from cbox.orchestrator.streamjson import CommandParser, ParsedEvent, StreamJsonParser
 from cbox.orchestrator.tasklog import TaskLog
@@ -93,6 +105,9 @@ class TaskService:
         self._positions: dict[str, int] = {}
         self._runs: dict[str, _Run] = {}
         self._rw_locks: set[str] = set()
+        self._session_locks: set[str] = set()
+        self.sessions = SessionManager(store, docker, settings.instance)
+        self.isolator = Isolator(settings.work_dir / "isolated", docker, settings.instance)
         self._submit_lock = asyncio.Lock()
         self._flush_lock = asyncio.Lock()
         self._flusher: asyncio.Task[None] | None = None
@@ -214,7 +229,9 @@ class TaskService:
                     if key_matches and not task.state.terminal:
                         return Submitted(await self.get(task.id), created=False)
                 existing = await self.store.active_with_key(spec.idempotency_key)
-                if existing is not None:
+                # The live copy is ahead of the store: a task that just ended
+                # may not be flushed as ended yet.
+                if existing is not None and existing.id not in self._tasks:
                     return Submitted(await self.get(existing.id), created=False)
             limits = self.policies.resolve(spec)
             workspace = resolve_workspace(
@@ -222,11 +239,16 @@ class TaskService:
                 self.settings.workspace_dir,
                 self.settings.allowed_workspace_roots,
             )
+            if limits.isolated:
+                await check_repository(workspace.path, workspace.uid, workspace.gid)
+            if spec.session:
+                await self.sessions.ensure(spec.session)
             task = Task(
                 id=new_task_id(),
                 spec=spec,
                 workspace=str(workspace.path),
                 mount_mode=limits.mount_mode,
+                isolated=limits.isolated,
             )
             tlog = TaskLog(task.id)
             tlog.append("start", {"task_id": task.id, "prompt": spec.prompt})
@@ -283,16 +305,32 @@ class TaskService:
                 break
             task = self._tasks[task_id]
             rw = task.mount_mode is MountMode.RW
+            # An isolated task snapshots the tree when it starts, so it waits
+            # while a shared writer is mid-way, but holds no lock itself.
             if rw and task.workspace and self._overlaps_writer(task.workspace):
                 continue  # another writer has this tree; later tasks may still go
+            session = task.spec.session
+            if session and session in self._session_locks:
+                continue  # one task per session at a time: the conversation is linear
             self._queue.remove(task_id)
-            if rw and task.workspace:
-                self._rw_locks.add(task.workspace)
+            self._lock(task)
             self._launch(task)
         for n, task_id in enumerate(self._sorted_queue(), 1):
             if self._positions.get(task_id) != n:
                 self._positions[task_id] = n
                 self._logs[task_id].append("queued", {"position": n})
+
+    def _lock(self, task: Task) -> None:
+        if task.mount_mode is MountMode.RW and task.workspace and not task.isolated:
+            self._rw_locks.add(task.workspace)
+        if task.spec.session:
+            self._session_locks.add(task.spec.session)
+
+    def _unlock(self, task: Task) -> None:
+        if task.mount_mode is MountMode.RW and task.workspace and not task.isolated:
+            self._rw_locks.discard(task.workspace)
+        if task.spec.session:
+            self._session_locks.discard(task.spec.session)
 
     def _overlaps_writer(self, workspace: str) -> bool:
         """A writer holds this tree, or a tree inside it or around it."""
@@ -333,6 +371,28 @@ class TaskService:
             workspace = resolve_workspace(
                 task.workspace, self.settings.workspace_dir, self.settings.allowed_workspace_roots
             )
+            image = run.limits.policy.image or self.settings.image
+            session: SessionMount | None = None
+            if task.spec.session:
+                session = await self.sessions.prepare(
+                    task.spec.session, task_id=task.id, uid=workspace.uid, gid=workspace.gid,
+                    image=image,
+                )
+                if session.resume_id:
+                    tlog.append("log", {"line": f"session {task.spec.session}: resuming "
+                                        f"conversation {session.resume_id}"})
+                else:
+                    tlog.append("log", {"line": f"session {task.spec.session}: new "
+                                        "conversation"})
+            if run.limits.isolated:
+                task.isolation = await self.isolator.prepare(
+                    task.id, workspace.path, workspace.uid, workspace.gid,
+                    lambda line: _log(tlog, line),
+                )
+                assert task.isolation.copy_path is not None
+                workspace = Workspace(
+                    path=Path(task.isolation.copy_path), uid=workspace.uid, gid=workspace.gid
+                )
             await self._open_network(run)
             assert task.gateway_token is not None
             assert task.gateway_url is not None
@@ -341,7 +401,7 @@ class TaskService:
                 task=task,
                 limits=run.limits,
                 workspace=workspace,
-                image=run.limits.policy.image or self.settings.image,
+                image=image,
                 network=task.network,
                 instance=self.settings.instance,
                 gateway=Gateway(
@@ -352,14 +412,20 @@ class TaskService:
                 ),
                 passthrough_env=self._passthrough(run.limits),
                 stop_grace_s=self.settings.stop_grace_s,
+                session=session,
             )
             task.container_id = await self.docker.create(f"cbox-{task.id}", config)
             task.state = TaskState.RUNNING
             task.started_at = time.time()
-            tlog.append(
-                "running",
-                {"container_id": task.container_id[:12], "mount_mode": run.limits.mount_mode.value},
-            )
+            running: dict[str, Any] = {
+                "container_id": task.container_id[:12],
+                "mount_mode": run.limits.mount_mode.value,
+            }
+            if task.isolation is not None:
+                running["branch"] = task.isolation.branch
+            if task.spec.session:
+                running["session"] = task.spec.session
+            tlog.append("running", running)
             await self._flush()
             await self.docker.start(task.container_id)
         except (CboxError, OSError) as exc:
@@ -563,10 +629,17 @@ class TaskService:
     async def _finish(self, task: Task, state: TaskState) -> None:
         """Record the end: state, `done` event, store; then clean up the container."""
         await self._close_network(task)
+        tlog = self._logs[task.id]
+        if task.isolation is not None and task.isolation.copy_path is not None:
+            await self._collect(task, state)
+        if task.spec.session and task.started_at is not None:
+            await self.sessions.record(
+                task.spec.session, task.id, task.outcome.claude_session_id
+            )
         task.state = state
         task.finished_at = time.time()
-        tlog = self._logs[task.id]
         outcome = task.outcome
+        iso = task.isolation
         tlog.append(
             "done",
             {
@@ -581,6 +654,14 @@ class TaskService:
                 "oom_killed": outcome.oom_killed,
                 "result": outcome.result,
                 "gateway_usage": outcome.gateway_usage,
+                "claude_session_id": outcome.claude_session_id,
+                "session": task.spec.session,
+                "branch": iso.branch if iso and iso.commit else None,
+                "commit": iso.commit if iso else None,
+                "diffstat": iso.diffstat if iso else None,
+                "isolation": iso.model_dump(mode="json", exclude={"copy_path", "uid", "gid"})
+                if iso
+                else None,
             },
         )
         tlog.close()
@@ -588,8 +669,7 @@ class TaskService:
         # finished task; the live copy stays readable until the store has it.
         self._runs.pop(task.id, None)
         self._positions.pop(task.id, None)
-        if task.mount_mode is MountMode.RW and task.workspace:
-            self._rw_locks.discard(task.workspace)
+        self._unlock(task)
         await self._flush()
         try:
             if task.container_id:
@@ -601,6 +681,48 @@ class TaskService:
         self._tasks.pop(task.id, None)
         self._logs.pop(task.id, None)
         self._dispatch()
+
+    async def _collect(self, task: Task, state: TaskState) -> None:
+        """Bring an isolated task's work back as branch `cbox/<task id>`."""
+        iso = task.isolation
+        assert iso is not None
+        assert task.workspace is not None
+        tlog = self._logs[task.id]
+        first_line = " ".join(task.spec.prompt.split())[:72]
+        message = f"cbox: {first_line}\n\nTask {task.id} ended {state.value}."
+        policy_image = None
+        with contextlib.suppress(CboxError):
+            policy_image = self.policies.resolve(task.spec).policy.image
+        await self.isolator.collect(
+            task.id, Path(task.workspace), iso, message=message,
+            image=policy_image or self.settings.image,
+            log=lambda line: _log(tlog, line),
+        )
+
+    # ------------------------------------------------------------------ sessions
+
+    async def list_sessions(self) -> list[Session]:
+        return await self.sessions.all()
+
+    async def get_session(self, name: str) -> tuple[Session, list[Task]]:
+        session = await self.sessions.get(name)
+        await self._flush()
+        tasks = await self.store.session_tasks(name, limit=1000)
+        return session, [self._tasks.get(t.id, t) for t in tasks]
+
+    async def delete_session(self, name: str) -> Session:
+        """Forget a session and remove its volume; refused while one of its tasks is active."""
+        async with self._submit_lock:
+            await self.sessions.get(name)
+            active = [
+                t.id for t in self._tasks.values()
+                if t.spec.session == name and not t.state.terminal
+            ]
+            if active:
+                raise Conflict(
+                    f"session {name!r} has active tasks ({', '.join(active)}); stop them first"
+                )
+            return await self.sessions.delete(name)
 
     # ------------------------------------------------------------------ persistence
 
@@ -657,8 +779,7 @@ class TaskService:
                 await self.docker.remove_network(name)
         self._queue.sort(key=lambda t: self._tasks[t].created_at)
         for task in adopt:
-            if task.mount_mode is MountMode.RW and task.workspace:
-                self._rw_locks.add(task.workspace)
+            self._lock(task)
             self._launch(task, adopt=True)
 
     async def _load_events(self, task_id: str) -> list[Event]:
@@ -670,6 +791,10 @@ class TaskService:
             events.extend(page)
             if len(page) < STORE_PAGE:
                 return events
+
+
+def _log(tlog: TaskLog, line: str) -> None:
+    tlog.append("log", {"line": line})
 
 
 def _port_of(url: str | None) -> int:

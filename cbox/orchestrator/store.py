@@ -22,7 +22,7 @@ from typing import Protocol
 import aiosqlite
 
 from cbox.errors import ConfigError
-from cbox.models import Event, Task, TaskState
+from cbox.models import Event, Session, Task, TaskState
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -44,6 +44,11 @@ CREATE TABLE IF NOT EXISTS events (
     data TEXT NOT NULL,
     PRIMARY KEY (task_id, seq)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    data TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS raw_lines (
     task_id TEXT NOT NULL,
@@ -74,6 +79,11 @@ class Store(Protocol):
     async def raw_lines(self, task_id: str, *, after: int, limit: int) -> list[str]: ...
     async def get_meta(self, key: str) -> str | None: ...
     async def set_meta(self, key: str, value: str) -> None: ...
+    async def put_session(self, session: Session) -> None: ...
+    async def get_session(self, name: str) -> Session | None: ...
+    async def list_sessions(self) -> list[Session]: ...
+    async def delete_session(self, name: str) -> None: ...
+    async def session_tasks(self, name: str, *, limit: int) -> list[Task]: ...
 
 
 class SqliteStore:
@@ -224,6 +234,40 @@ class SqliteStore:
             (key, value),
         )
         await self.db.commit()
+
+    # ------------------------------------------------------------------ sessions
+
+    async def put_session(self, session: Session) -> None:
+        await self.db.execute(
+            "INSERT INTO sessions (id, created_at, data) VALUES (?, ?, ?)"
+            " ON CONFLICT (id) DO UPDATE SET data = excluded.data",
+            (session.id, session.created_at, session.model_dump_json()),
+        )
+        await self.db.commit()
+
+    async def get_session(self, name: str) -> Session | None:
+        async with self.db.execute("SELECT data FROM sessions WHERE id = ?", (name,)) as cur:
+            row = await cur.fetchone()
+        return None if row is None else Session.model_validate_json(row[0])
+
+    async def list_sessions(self) -> list[Session]:
+        async with self.db.execute("SELECT data FROM sessions ORDER BY created_at DESC") as cur:
+            rows = await cur.fetchall()
+        return [Session.model_validate_json(r[0]) for r in rows]
+
+    async def delete_session(self, name: str) -> None:
+        await self.db.execute("DELETE FROM sessions WHERE id = ?", (name,))
+        await self.db.commit()
+
+    async def session_tasks(self, name: str, *, limit: int) -> list[Task]:
+        """A session's tasks, oldest first (the order of the conversation)."""
+        async with self.db.execute(
+            "SELECT data FROM tasks WHERE json_extract(data, '$.spec.session') = ?"
+            " ORDER BY created_at, id LIMIT ?",
+            (name, limit),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [Task.model_validate_json(r[0]) for r in rows]
 
 
 def _event_rows(events: Iterable[Event]) -> list[tuple[str, int, str, float, str]]:

@@ -1,12 +1,13 @@
 """TaskService: the one core behind the HTTP API, the CLI and the workers.
 
-It owns the queue (priority, FIFO within a priority, a concurrency cap, one
-read-write task per workspace at a time — isolated tasks work on their own
-copies and need no such lock — and one task per session at a time), runs each task in a fresh
-container, turns its output into events, persists everything, and recovers
-after a crash: queued tasks are queued again, running containers are adopted
-(their log is re-read from Docker and resumes exactly after the last line the
-store has), finished ones are finalized, and strangers are removed.
+It takes submissions, starts each task in a fresh container when the queue
+(`queue.py`) lets it, turns the agent's output into events (`tasklog.py`),
+persists everything (`store.py`), and recovers after a crash: queued tasks are
+queued again, running containers are adopted (their log is re-read from Docker
+and resumes exactly after the last line the store has), finished ones are
+finalized, and strangers are removed. What a box can reach is `networks.py`;
+how a task ended is `outcome.py`; sessions and isolated copies have their own
+modules.
 """
 
 from __future__ import annotations
@@ -23,8 +24,6 @@ from typing import Any
 from cbox.errors import CboxError, Conflict, DockerError, TaskNotFound
 from cbox.models import (
     Event,
-    MountMode,
-    Outcome,
     Session,
     Task,
     TaskSpec,
@@ -33,17 +32,14 @@ from cbox.models import (
 )
 from cbox.orchestrator.container import Gateway, Workspace, container_config, resolve_workspace
 from cbox.orchestrator.docker import (
-    LABEL_INSTANCE,
-    LABEL_TASK,
     DockerBackend,
     ExitInfo,
-    bridge_name,
     wait_quietly,
 )
-from cbox.orchestrator.egress import EgressProxy
-from cbox.orchestrator.firewall import HostFirewall
-from cbox.orchestrator.gateway import ApiGateway, Budget, new_token
 from cbox.orchestrator.isolated import Isolator, check_repository
+from cbox.orchestrator.networks import TaskNetworks
+from cbox.orchestrator.outcome import Ending, apply_result, decide
+from cbox.orchestrator.queue import TaskQueue
 from cbox.orchestrator.sessions import SessionManager, SessionMount
 from cbox.orchestrator.store import Store
 from cbox.orchestrator.streamjson import CommandParser, ParsedEvent, StreamJsonParser
@@ -89,23 +85,14 @@ class TaskService:
         self.store = store
         self.docker = docker
         self.policies = policies
-        key = settings.anthropic_api_key
-        oauth = settings.claude_code_oauth_token
-        self.gateway = ApiGateway(
-            upstream=settings.anthropic_base_url,
-            api_key=key.get_secret_value() if key else None,
-            oauth_token=oauth.get_secret_value() if oauth else None,
-            on_budget=self._on_budget,
+        self.networks = TaskNetworks(
+            settings, docker, on_budget=self._on_budget, on_denied=self._on_denied
         )
-        self.egress = EgressProxy(on_denied=self._on_denied)
-        self.firewall = HostFirewall(settings.host_firewall, settings.instance)
         self._logs: dict[str, TaskLog] = {}
         self._tasks: dict[str, Task] = {}  # active tasks, the live copy
-        self._queue: list[str] = []
+        self._queue = TaskQueue()
         self._positions: dict[str, int] = {}
         self._runs: dict[str, _Run] = {}
-        self._rw_locks: set[str] = set()
-        self._session_locks: set[str] = set()
         self.sessions = SessionManager(store, docker, settings.instance)
         self.isolator = Isolator(settings.work_dir / "isolated", docker, settings.instance)
         self._submit_lock = asyncio.Lock()
@@ -130,8 +117,7 @@ class TaskService:
             )
         await self.store.open()
         await self.docker.ping()
-        await self.firewall.setup()
-        await self.gateway.start()
+        await self.networks.start()
         await self._recover()
         self._flusher = asyncio.create_task(self._flush_loop(), name="cbox-flusher")
         self._dispatch()
@@ -149,8 +135,7 @@ class TaskService:
             self._flusher.cancel()
             await wait_quietly(self._flusher)
         await self._flush()
-        await self.gateway.close()
-        await self.egress.close()
+        await self.networks.close()
         await self.store.close()
         await self.docker.close()
 
@@ -161,7 +146,7 @@ class TaskService:
         if task is None:
             raise TaskNotFound(f"no task with id {task_id!r}")
         if task.state is TaskState.QUEUED:
-            task = task.model_copy(update={"queue_position": self._position(task_id)})
+            task = task.model_copy(update={"queue_position": self._queue.position(task_id)})
         return task
 
     async def list_tasks(
@@ -178,8 +163,8 @@ class TaskService:
 
     def queued(self) -> list[Task]:
         return [
-            self._tasks[i].model_copy(update={"queue_position": n})
-            for n, i in enumerate(self._sorted_queue(), 1)
+            task.model_copy(update={"queue_position": n})
+            for n, task in enumerate(self._queue.ordered(), 1)
         ]
 
     async def subscribe(
@@ -256,7 +241,7 @@ class TaskService:
             await self.store.insert_task(task)
             self._tasks[task.id] = task
             self._logs[task.id] = tlog
-            self._queue.append(task.id)
+            self._queue.add(task)
             await self._flush()
         self._dispatch()
         return Submitted(await self.get(task.id), created=True)
@@ -265,8 +250,7 @@ class TaskService:
         task = await self.get(task_id)
         if task.state.terminal:
             raise Conflict(f"task {task_id} already ended ({task.state.value})")
-        if task.state is TaskState.QUEUED and task_id in self._queue:
-            self._queue.remove(task_id)
+        if task.state is TaskState.QUEUED and self._queue.remove(task_id):
             live = self._tasks[task_id]
             live.outcome.error = "stopped while queued"
             await self._finish(live, TaskState.STOPPED)
@@ -287,58 +271,15 @@ class TaskService:
 
     # ------------------------------------------------------------------ scheduling
 
-    def _sorted_queue(self) -> list[str]:
-        order = {tid: n for n, tid in enumerate(self._queue)}
-        return sorted(self._queue, key=lambda t: (-self._tasks[t].spec.priority, order[t]))
-
-    def _position(self, task_id: str) -> int | None:
-        try:
-            return self._sorted_queue().index(task_id) + 1
-        except ValueError:
-            return None
-
     def _dispatch(self) -> None:
         if self._closing:
             return
-        for task_id in self._sorted_queue():
-            if len(self._runs) >= self.settings.max_concurrent:
-                break
-            task = self._tasks[task_id]
-            rw = task.mount_mode is MountMode.RW
-            # An isolated task snapshots the tree when it starts, so it waits
-            # while a shared writer is mid-way, but holds no lock itself.
-            if rw and task.workspace and self._overlaps_writer(task.workspace):
-                continue  # another writer has this tree; later tasks may still go
-            session = task.spec.session
-            if session and session in self._session_locks:
-                continue  # one task per session at a time: the conversation is linear
-            self._queue.remove(task_id)
-            self._lock(task)
+        for task in self._queue.take_ready(self.settings.max_concurrent - len(self._runs)):
             self._launch(task)
-        for n, task_id in enumerate(self._sorted_queue(), 1):
-            if self._positions.get(task_id) != n:
-                self._positions[task_id] = n
-                self._logs[task_id].append("queued", {"position": n})
-
-    def _lock(self, task: Task) -> None:
-        if task.mount_mode is MountMode.RW and task.workspace and not task.isolated:
-            self._rw_locks.add(task.workspace)
-        if task.spec.session:
-            self._session_locks.add(task.spec.session)
-
-    def _unlock(self, task: Task) -> None:
-        if task.mount_mode is MountMode.RW and task.workspace and not task.isolated:
-            self._rw_locks.discard(task.workspace)
-        if task.spec.session:
-            self._session_locks.discard(task.spec.session)
-
-    def _overlaps_writer(self, workspace: str) -> bool:
-        """A writer holds this tree, or a tree inside it or around it."""
-        path = Path(workspace)
-        return any(
-            path == held or held in path.parents or path in held.parents
-            for held in map(Path, self._rw_locks)
-        )
+        for n, task in enumerate(self._queue.ordered(), 1):
+            if self._positions.get(task.id) != n:
+                self._positions[task.id] = n
+                self._logs[task.id].append("queued", {"position": n})
 
     def _launch(self, task: Task, *, adopt: bool = False) -> None:
         try:
@@ -393,7 +334,7 @@ class TaskService:
                 workspace = Workspace(
                     path=Path(task.isolation.copy_path), uid=workspace.uid, gid=workspace.gid
                 )
-            await self._open_network(run)
+            await self.networks.open(task, run.limits)
             assert task.gateway_token is not None
             assert task.gateway_url is not None
             assert task.network is not None
@@ -407,7 +348,7 @@ class TaskService:
                 gateway=Gateway(
                     url=task.gateway_url,
                     token=task.gateway_token,
-                    oauth=self.gateway.uses_oauth,
+                    oauth=self.networks.uses_oauth,
                     proxy_url=task.proxy_url,
                 ),
                 passthrough_env=self._passthrough(run.limits),
@@ -438,7 +379,7 @@ class TaskService:
         """Continue a task whose container outlived the previous orchestrator."""
         task = run.task
         try:
-            await self._open_network(run)
+            await self.networks.open(task, run.limits)
         except (CboxError, OSError) as exc:
             log.warning("re-opening the gateway of %s failed: %s", task.id, exc)
         # Rebuild the parser's state from the lines already processed.
@@ -452,46 +393,6 @@ class TaskService:
             after += len(lines)
         self._logs[task.id].append("log", {"line": "orchestrator restarted; task re-adopted"})
         await self._follow(run)
-
-    async def _open_network(self, run: _Run) -> None:
-        """The task's own network, and its gateway (and proxy) listening on it.
-
-        On adoption after a restart the same network, token, address and port
-        are reused: the running container already holds them.
-        """
-        task, limits = run.task, run.limits
-        policy = limits.policy
-        task.network = task.network or f"{self.settings.network}-{task.id}"
-        ip = await self.docker.create_network(
-            task.network,
-            bridge=bridge_name(task.id),
-            internal=policy.network != "open",
-            labels={LABEL_INSTANCE: self.settings.instance, LABEL_TASK: task.id},
-        )
-        task.gateway_token = task.gateway_token or new_token()
-        old_port = _port_of(task.gateway_url)
-        budget = Budget(max_cost_usd=limits.max_cost_usd, max_tokens=limits.max_tokens)
-        port = await self.gateway.open_for(task.id, task.gateway_token, ip, old_port, budget)
-        task.gateway_url = f"http://{ip}:{port}"
-        if policy.network == "allowlist":
-            old_proxy = _port_of(task.proxy_url)
-            proxy = await self.egress.open_for(task.id, ip, policy.allow_hosts, old_proxy)
-            task.proxy_url = f"http://{ip}:{proxy}"
-        await self.firewall.confine(bridge_name(task.id), self._door_ports(task))
-
-    @staticmethod
-    def _door_ports(task: Task) -> list[int]:
-        return [p for p in (_port_of(task.gateway_url), _port_of(task.proxy_url)) if p]
-
-    async def _close_network(self, task: Task) -> None:
-        if task.network:
-            await self.firewall.release(bridge_name(task.id), self._door_ports(task))
-        usage = await self.gateway.close_for(task.id)
-        if usage is not None and usage.requests:
-            task.outcome.gateway_usage = usage.as_dict()
-            if task.outcome.cost_usd is None:
-                task.outcome.cost_usd = round(usage.cost_usd, 6)
-        await self.egress.close_for(task.id)
 
     def _on_budget(self, task_id: str, reason: str) -> None:
         run = self._runs.get(task_id)
@@ -573,62 +474,21 @@ class TaskService:
 
     async def _complete(self, run: _Run, info: ExitInfo | None) -> None:
         task = run.task
-        outcome = task.outcome
-        if info is not None:
-            outcome.exit_code = info.exit_code
-            outcome.oom_killed = info.oom_killed
-        self._apply_result(run, outcome)
-        if task.started_at is not None and outcome.duration_ms is None:
-            outcome.duration_ms = int((time.time() - task.started_at) * 1000)
-        if run.over_budget:
-            state = TaskState.STOPPED
-            outcome.error = run.over_budget
-        elif run.stop_requested:
-            state = TaskState.STOPPED
-            outcome.error = outcome.error or "stopped by request"
-        elif run.timed_out:
-            state = TaskState.TIMED_OUT
-            outcome.error = f"timed out after {run.limits.timeout_s:g}s"
-        elif info is None:
-            state = TaskState.FAILED
-        elif outcome.oom_killed:
-            state = TaskState.FAILED
-            outcome.error = f"out of memory: the container hit its {run.limits.memory_mb} MB limit"
-        elif outcome.exit_code == 0 and not outcome.is_error:
-            state = TaskState.COMPLETED
-        else:
-            state = TaskState.FAILED
-            if not outcome.error:
-                outcome.error = (
-                    str(outcome.result)[:500]
-                    if outcome.is_error and outcome.result
-                    else f"agent exited with code {outcome.exit_code}"
-                )
-        await self._finish(task, state)
-
-    @staticmethod
-    def _apply_result(run: _Run, outcome: Outcome) -> None:
-        parser = run.parser
-        if isinstance(parser, StreamJsonParser):
-            outcome.claude_session_id = parser.session_id
-            result = parser.result
-            if result is None:
-                return
-            outcome.is_error = bool(result.get("is_error"))
-            outcome.result = result.get("result")
-            outcome.cost_usd = result.get("total_cost_usd")
-            outcome.usage = result.get("usage")
-            outcome.num_turns = result.get("num_turns")
-            outcome.duration_ms = result.get("duration_ms")
-            errors = result.get("errors")
-            if outcome.is_error and not outcome.result and isinstance(errors, list) and errors:
-                outcome.error = "; ".join(str(e) for e in errors)[:500]
-        elif parser.result is not None:
-            outcome.result = parser.result
+        apply_result(run.parser, task.outcome)
+        if task.started_at is not None and task.outcome.duration_ms is None:
+            task.outcome.duration_ms = int((time.time() - task.started_at) * 1000)
+        ending = Ending(
+            over_budget=run.over_budget,
+            stop_requested=run.stop_requested,
+            timed_out=run.timed_out,
+            timeout_s=run.limits.timeout_s,
+            memory_mb=run.limits.memory_mb,
+        )
+        await self._finish(task, decide(ending, info, task.outcome))
 
     async def _finish(self, task: Task, state: TaskState) -> None:
         """Record the end: state, `done` event, store; then clean up the container."""
-        await self._close_network(task)
+        await self.networks.close_for(task)
         tlog = self._logs[task.id]
         if task.isolation is not None and task.isolation.copy_path is not None:
             await self._collect(task, state)
@@ -669,13 +529,12 @@ class TaskService:
         # finished task; the live copy stays readable until the store has it.
         self._runs.pop(task.id, None)
         self._positions.pop(task.id, None)
-        self._unlock(task)
+        self._queue.unlock(task)
         await self._flush()
         try:
             if task.container_id:
                 await self.docker.remove(task.container_id)
-            if task.network:
-                await self.docker.remove_network(task.network)
+            await self.networks.remove(task)
         except DockerError as exc:
             log.warning("could not clean up after %s: %s", task.id, exc)
         self._tasks.pop(task.id, None)
@@ -768,7 +627,7 @@ class TaskService:
                     else:
                         if container is not None:
                             await self.docker.remove(container.id)
-                        self._queue.append(task.id)
+                        self._queue.add(task)
                 if len(page) < 500:
                     break
         for stranger in containers.values():
@@ -777,9 +636,9 @@ class TaskService:
         for name, task_id in (await self.docker.managed_networks(self.settings.instance)).items():
             if task_id not in self._tasks:
                 await self.docker.remove_network(name)
-        self._queue.sort(key=lambda t: self._tasks[t].created_at)
+        self._queue.restore_order()
         for task in adopt:
-            self._lock(task)
+            self._queue.lock(task)
             self._launch(task, adopt=True)
 
     async def _load_events(self, task_id: str) -> list[Event]:
@@ -795,13 +654,6 @@ class TaskService:
 
 def _log(tlog: TaskLog, line: str) -> None:
     tlog.append("log", {"line": line})
-
-
-def _port_of(url: str | None) -> int:
-    if not url:
-        return 0
-    tail = url.rsplit(":", 1)[-1]
-    return int(tail) if tail.isdigit() else 0
 
 
 async def _cancel(*jobs: asyncio.Task[Any]) -> None:

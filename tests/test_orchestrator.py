@@ -179,3 +179,26 @@ async def test_unknown_containers_removed_on_start(
     assert len(orch.containers()) == 1
     await orch.start()
     assert orch.containers() == []
+
+
+async def test_gateway_counts_usage_and_enforces_budget(
+    orchestrator: Orchestrator, fake_api: FakeAnthropic, marker: str
+) -> None:
+    fake_api.script(marker, [Text("a short answer")])
+    task = await orchestrator.submit(f"{marker} answer briefly")
+    done = await orchestrator.wait_done(task["id"])
+    assert done["state"] == "completed"
+    usage = done["gateway_usage"]
+    assert usage["requests"] >= 1
+    assert usage["input_tokens"] > 0
+    assert usage["output_tokens"] > 0
+    assert usage["cost_usd"] > 0
+    assert (await orchestrator.task(task["id"]))["gateway_usage"] == usage
+
+    # A budget smaller than one call: the task is stopped, and says why.
+    fake_api.script(marker + "-b", loop_script(marker + "-b"))
+    task = await orchestrator.submit(f"{marker}-b loop", max_tokens=50)
+    done = await orchestrator.wait_done(task["id"], timeout_s=120)
+    assert done["state"] == "stopped"
+    assert done["error"].startswith("budget exceeded:")
+    assert done["gateway_usage"]["total_tokens"] > 50

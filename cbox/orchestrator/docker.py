@@ -163,17 +163,27 @@ class DockerBackend:
         except _ENGINE_ERRORS as exc:
             raise _translate(exc, "start container") from exc
 
-    async def lines(self, container_id: str, *, stderr: bool) -> AsyncIterator[str]:
-        """Yield the container's stdout (or stderr) as lines, from the start, following.
+    async def lines(
+        self, container_id: str, *, stderr: bool, follow: bool = True
+    ) -> AsyncIterator[str]:
+        """Yield the container's stdout (or stderr) as lines, from the start.
 
-        Docker keeps the whole log, so following from the start is also how a
-        restarted orchestrator catches up on a container it re-adopts.
+        Docker keeps the whole log, so reading from the start is also how a
+        restarted orchestrator catches up on a container it re-adopts. A
+        following stream can end before the container does (aiodocker ends it
+        quietly on a dropped connection), so when following, a trailing piece
+        without a newline is held back: it may be half a line. The caller
+        checks whether the container ended and reads once more without
+        following, which yields everything, the last unterminated line too.
         """
         container = self.docker.containers.container(container_id)
         buffer = ""
         try:
-            stream = container.log(stdout=not stderr, stderr=stderr, follow=True)
-            async for chunk in stream:
+            if follow:
+                chunks: Any = container.log(stdout=not stderr, stderr=stderr, follow=True)
+            else:
+                chunks = _aiter(await container.log(stdout=not stderr, stderr=stderr))
+            async for chunk in chunks:
                 buffer += chunk
                 if "\n" not in buffer:
                     continue
@@ -181,8 +191,8 @@ class DockerBackend:
                 for line in complete:
                     yield line
         except _ENGINE_ERRORS as exc:
-            raise _translate(exc, "follow logs") from exc
-        if buffer:
+            raise _translate(exc, "read logs") from exc
+        if buffer and not follow:
             yield buffer
 
     async def wait(self, container_id: str) -> ExitInfo:
@@ -298,6 +308,11 @@ class DockerBackend:
             with contextlib.suppress(*_ENGINE_ERRORS):
                 await container.delete(force=True, v=True)
         return int(result.get("StatusCode", -1)), "".join(output)
+
+
+async def _aiter(items: list[str]) -> AsyncIterator[str]:
+    for item in items:
+        yield item
 
 
 def bridge_name(task_id: str) -> str:

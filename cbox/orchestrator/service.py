@@ -450,11 +450,29 @@ class TaskService:
         await self._complete(run, info)
 
     async def _consume(self, run: _Run, tlog: TaskLog, *, stderr: bool) -> None:
+        """Turn one of the container's streams into events, every line exactly once.
+
+        Docker's follow stream can end before the container does; then we
+        follow again, skipping what was consumed. Once the container has
+        ended, one last read without following picks up anything left.
+        """
+        task = run.task
+        assert task.container_id is not None
+        while True:
+            await self._consume_pass(run, tlog, stderr=stderr, follow=True)
+            if not (await self.docker.inspect(task.container_id)).running:
+                break
+            log.info("log stream of %s ended early; following again", task.id)
+        await self._consume_pass(run, tlog, stderr=stderr, follow=False)
+
+    async def _consume_pass(
+        self, run: _Run, tlog: TaskLog, *, stderr: bool, follow: bool
+    ) -> None:
         task = run.task
         assert task.container_id is not None
         skip = task.stderr_consumed if stderr else task.lines_consumed
         n = 0
-        async for line in self.docker.lines(task.container_id, stderr=stderr):
+        async for line in self.docker.lines(task.container_id, stderr=stderr, follow=follow):
             n += 1
             if n <= skip:
                 continue

@@ -12,7 +12,7 @@ import secrets
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 #: Claude Code takes the prompt as one argv string, and Linux caps one argv
 #: string at 128 KiB (MAX_ARG_STRLEN); we stay clearly below it.
@@ -248,3 +248,13 @@ class Event(BaseModel):
     type: str
     data: dict[str, Any]
     ts: float = Field(default_factory=now_s)
+    #: Its SSE frame, cached by the API layer: one encoding for every follower.
+    _sse_frame: bytes | None = PrivateAttr(default=None)
+
+    @property
+    def sse_frame(self) -> bytes | None:
+        return self._sse_frame
+
+    @sse_frame.setter
+    def sse_frame(self, value: bytes) -> None:
+        self._sse_frame = value

@@ -31,15 +31,23 @@ async def open_stream(request: web.Request, status: int = 200) -> web.StreamResp
 
 
 def frame(event: Event) -> bytes:
-    data = json.dumps(event.data, separators=(",", ":"))
-    return f"id: {event.seq}\nevent: {event.type}\ndata: {data}\n\n".encode()
+    """The event's SSE frame, encoded once however many followers it goes to."""
+    cached = event.sse_frame
+    if cached is None:
+        data = json.dumps(event.data, separators=(",", ":"))
+        cached = f"id: {event.seq}\nevent: {event.type}\ndata: {data}\n\n".encode()
+        event.sse_frame = cached
+    return cached
 
 
-async def pump(response: web.StreamResponse, events: AsyncIterator[Event | None]) -> None:
-    """Write events until the iterator ends; None means send a keep-alive comment."""
+async def pump(response: web.StreamResponse, batches: AsyncIterator[list[Event] | None]) -> None:
+    """Write batches of events, one write each; None means send a keep-alive comment."""
     try:
-        async for event in events:
-            await response.write(b": keep-alive\n\n" if event is None else frame(event))
+        async for batch in batches:
+            if batch is None:
+                await response.write(b": keep-alive\n\n")
+            else:
+                await response.write(b"".join(frame(event) for event in batch))
     except (ConnectionResetError, ConnectionError):
         return  # the client went away; the task goes on
     await response.write_eof()

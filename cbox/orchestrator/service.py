@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 
 FLUSH_INTERVAL_S = 0.05
 STORE_PAGE = 2000
+BATCH = 1000
 ACTIVE = (TaskState.QUEUED, TaskState.RUNNING)
 
 
@@ -169,11 +170,14 @@ class TaskService:
 
     async def subscribe(
         self, task_id: str, *, after: int = 0, keepalive_s: float | None = None
-    ) -> AsyncIterator[Event | None]:
-        """Events with seq > `after`, then live ones until `done`.
+    ) -> AsyncIterator[list[Event] | None]:
+        """Events with seq > `after`, then live ones until `done`, in batches.
 
-        Yields None when nothing happened for `keepalive_s`, so a transport can
-        send a keep-alive. Works the same for finished tasks (from the store).
+        A batch is everything already there (up to `BATCH` events), so a slow
+        or late follower catches up in a few large writes instead of one per
+        event. Yields None when nothing happened for `keepalive_s`, so a
+        transport can send a keep-alive. Works the same for finished tasks
+        (from the store).
         """
         tlog = self._logs.get(task_id)
         if tlog is None:
@@ -183,8 +187,8 @@ class TaskService:
         if tlog is None:
             while True:
                 page = await self.store.events(task_id, after=after, limit=STORE_PAGE)
-                for event in page:
-                    yield event
+                if page:
+                    yield page
                 if len(page) < STORE_PAGE:
                     return
                 after = page[-1].seq
@@ -192,8 +196,9 @@ class TaskService:
         wait_s = keepalive_s if keepalive_s is not None else 3600.0
         while True:
             while seq < len(tlog.events):
-                seq += 1
-                yield tlog.events[seq - 1]
+                batch = tlog.events[seq : seq + BATCH]
+                seq += len(batch)
+                yield batch
             if tlog.closed:
                 return
             if not await tlog.wait(seq, wait_s) and keepalive_s is not None:

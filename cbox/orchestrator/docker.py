@@ -16,6 +16,7 @@ from typing import Any
 
 import aiodocker
 import aiohttp
+from aiodocker.types import SENTINEL
 
 from cbox.errors import DockerError, ImageNotFound
 
@@ -170,30 +171,42 @@ class DockerBackend:
 
         Docker keeps the whole log, so reading from the start is also how a
         restarted orchestrator catches up on a container it re-adopts. A
-        following stream can end before the container does (aiodocker ends it
-        quietly on a dropped connection), so when following, a trailing piece
-        without a newline is held back: it may be half a line. The caller
-        checks whether the container ended and reads once more without
-        following, which yields everything, the last unterminated line too.
+        following stream can end before the container does (the engine drops
+        it under load), so when following, a trailing piece without a newline
+        is held back: it may be half a line. The caller checks whether the
+        container ended and reads once more without following, which yields
+        everything, the last unterminated line too.
+
+        The multiplexed stream (task containers have no TTY: 8-byte headers,
+        then a payload; the json-file driver sends one frame per line) is
+        parsed here from large reads rather than through aiodocker's
+        `log()`, which awaits twice per frame: at 200,000 lines that was a
+        sixth of the orchestrator's CPU.
         """
-        container = self.docker.containers.container(container_id)
-        buffer = ""
+        params = {"stdout": "0" if stderr else "1", "stderr": "1" if stderr else "0",
+                  "follow": "1" if follow else "0"}
+        tail = b""
         try:
-            if follow:
-                chunks: Any = container.log(stdout=not stderr, stderr=stderr, follow=True)
-            else:
-                chunks = _aiter(await container.log(stdout=not stderr, stderr=stderr))
-            async for chunk in chunks:
-                buffer += chunk
-                if "\n" not in buffer:
-                    continue
-                *complete, buffer = buffer.split("\n")
-                for line in complete:
-                    yield line
+            async with self.docker._query(
+                f"containers/{container_id}/logs",
+                params=params,
+                timeout=self.docker._resolve_long_running_timeout(SENTINEL),
+            ) as response:
+                frames = _Frames()
+                async for chunk in response.content.iter_any():
+                    data = tail + frames.feed(chunk)
+                    if b"\n" not in data:
+                        tail = data
+                        continue
+                    *complete, tail = data.split(b"\n")
+                    for line in complete:
+                        yield line.decode("utf-8", errors="replace")
+        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError):
+            pass  # a dropped stream: the caller follows again or reads to the end
         except _ENGINE_ERRORS as exc:
             raise _translate(exc, "read logs") from exc
-        if buffer and not follow:
-            yield buffer
+        if tail and not follow:
+            yield tail.decode("utf-8", errors="replace")
 
     async def wait(self, container_id: str) -> ExitInfo:
         try:
@@ -310,9 +323,25 @@ class DockerBackend:
         return int(result.get("StatusCode", -1)), "".join(output)
 
 
-async def _aiter(items: list[str]) -> AsyncIterator[str]:
-    for item in items:
-        yield item
+class _Frames:
+    """Incremental parser of Docker's multiplexed log stream: payload bytes out."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, chunk: bytes) -> bytes:
+        buffer = self._buffer
+        buffer += chunk
+        payloads = []
+        pos, end = 0, len(buffer)
+        while end - pos >= 8:
+            size = int.from_bytes(buffer[pos + 4 : pos + 8], "big")
+            if end - pos - 8 < size:
+                break
+            payloads.append(bytes(buffer[pos + 8 : pos + 8 + size]))
+            pos += 8 + size
+        del buffer[:pos]
+        return b"".join(payloads)
 
 
 def bridge_name(task_id: str) -> str:

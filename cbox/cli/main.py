@@ -15,16 +15,17 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
-from pydantic import ValidationError
 
 from cbox import __version__
 from cbox.cli import render
 from cbox.cli.client import Client
 from cbox.errors import CboxError, ClientError
-from cbox.settings import Settings
+
+if TYPE_CHECKING:
+    from cbox.settings import Settings
 
 EXIT = {"completed": 0, "failed": 1, "stopped": 4, "timed_out": 5}
 EXIT_CLIENT = 3
@@ -38,6 +39,11 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 
 def load_settings() -> Settings:
+    # Imported here: pydantic-settings costs ~100 ms, and `cbox run` never needs it.
+    from pydantic import ValidationError
+
+    from cbox.settings import Settings
+
     try:
         return Settings()
     except ValidationError as exc:

@@ -73,10 +73,12 @@ class HostFirewall:
             ["-i", iface, "-j", "REJECT"],
         ]
 
-    async def confine(self, iface: str, ports: list[int]) -> None:
+    async def confine(self, iface: str, ports: list[int], *, fresh: bool = True) -> None:
+        """Add the task's rules; `fresh=False` (adoption) first drops any it already has."""
         if not self.enabled:
             return
-        await self.release(iface, ports)
+        if not fresh:
+            await self.release(iface, ports)
         for rule in self._rules(iface, ports):
             code, out = await self._iptables("-A", self.chain, *rule)
             if code != 0:
@@ -86,5 +88,4 @@ class HostFirewall:
         if not self.enabled:
             return
         for rule in self._rules(iface, ports):
-            while (await self._iptables("-D", self.chain, *rule))[0] == 0:
-                pass
+            await self._iptables("-D", self.chain, *rule)

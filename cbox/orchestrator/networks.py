@@ -64,6 +64,7 @@ class TaskNetworks:
     async def open(self, task: Task, limits: EffectiveLimits) -> None:
         """Give the task its network and doors; fills network, token and URLs on `task`."""
         policy = limits.policy
+        fresh = task.gateway_url is None
         task.network = task.network or f"{self.settings.network}-{task.id}"
         ip = await self.docker.create_network(
             task.network,
@@ -82,7 +83,7 @@ class TaskNetworks:
                 task.id, ip, policy.allow_hosts, port_of(task.proxy_url)
             )
             task.proxy_url = f"http://{ip}:{proxy}"
-        await self.firewall.confine(bridge_name(task.id), _door_ports(task))
+        await self.firewall.confine(bridge_name(task.id), _door_ports(task), fresh=fresh)
 
     async def close_for(self, task: Task) -> None:
         """Shut the task's doors and record what the gateway counted on it."""

@@ -372,7 +372,9 @@ class TaskService:
             if task.spec.session:
                 running["session"] = task.spec.session
             tlog.append("running", running)
-            await self._flush()
+            # No flush here: the flusher stores `running` within 50 ms, and a
+            # crash before that finds a queued task with a container, which
+            # recovery removes before running the task again.
             await self.docker.start(task.container_id)
         except (CboxError, OSError) as exc:
             task.outcome.error = str(exc)

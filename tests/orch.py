@@ -43,8 +43,16 @@ class Orchestrator:
         workspace: Path,
         max_concurrent: int = 2,
         env: dict[str, str] | None = None,
+        policies: dict[str, str] | None = None,
     ) -> None:
         self.id = uuid.uuid4().hex[:8]
+        extra = dict(env or {})
+        if policies:
+            directory = tmp / f"policies-{self.id}"
+            directory.mkdir()
+            for name, text in policies.items():
+                (directory / f"{name}.toml").write_text(text)
+            extra["CBOX_POLICIES_DIR"] = str(directory)
         self.instance = f"test-{self.id}"
         self.network = f"cbox-t-{self.id}"
         self.port = free_port()
@@ -66,7 +74,7 @@ class Orchestrator:
             "CBOX_MAX_CONCURRENT": str(max_concurrent),
             "CBOX_STOP_GRACE_S": "2",
             "CBOX_KEEPALIVE_S": "1",
-            **(env or {}),
+            **extra,
         }
         self.proc: subprocess.Popen[bytes] | None = None
 

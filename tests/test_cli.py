@@ -41,14 +41,10 @@ json.dump({"answer": 42, "task_id": task["task_id"]}, open("/cbox/result.json", 
 async def server(
     orchestrator_factory: type[Orchestrator], tmp_path: Path, workspace: Path
 ) -> Orchestrator:
-    policies = tmp_path / "policies"
-    policies.mkdir()
-    for name, text in POLICIES.items():
-        (policies / f"{name}.toml").write_text(text)
     agent = workspace / "agent.py"
     agent.write_text(CUSTOM_AGENT)
     os.chown(agent, WORKSPACE_UID, WORKSPACE_GID)
-    orch = orchestrator_factory(workspace=workspace, env={"CBOX_POLICIES_DIR": str(policies)})
+    orch = orchestrator_factory(workspace=workspace, policies=POLICIES)
     await orch.start()
     return orch
 

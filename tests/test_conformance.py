@@ -46,12 +46,8 @@ KEY_HEAD, KEY_TAIL = FAKE_KEY[:10], FAKE_KEY[10:]
 async def box(
     orchestrator_factory: type[Orchestrator], tmp_path: Path, workspace: Path
 ) -> Orchestrator:
-    policies = tmp_path / "policies"
-    policies.mkdir()
-    for name, text in POLICIES.items():
-        (policies / f"{name}.toml").write_text(text)
     orch = orchestrator_factory(
-        workspace=workspace, max_concurrent=3, env={"CBOX_POLICIES_DIR": str(policies)}
+        workspace=workspace, max_concurrent=3, policies=POLICIES
     )
     await orch.start()
     return orch

@@ -57,12 +57,8 @@ def repo(tmp_path: Path) -> Path:
 async def server(
     orchestrator_factory: type[Orchestrator], tmp_path: Path, repo: Path
 ) -> Orchestrator:
-    policies = tmp_path / "policies"
-    policies.mkdir()
-    for name, text in POLICIES.items():
-        (policies / f"{name}.toml").write_text(text)
     orch = orchestrator_factory(
-        workspace=repo, max_concurrent=3, env={"CBOX_POLICIES_DIR": str(policies)}
+        workspace=repo, max_concurrent=3, policies=POLICIES
     )
     await orch.start()
     return orch

@@ -36,12 +36,8 @@ def volumes(orch: Orchestrator) -> list[str]:
 async def server(
     orchestrator_factory: type[Orchestrator], tmp_path: Path, workspace: Path
 ) -> AsyncIterator[Orchestrator]:
-    policies = tmp_path / "policies"
-    policies.mkdir()
-    for name, text in POLICIES.items():
-        (policies / f"{name}.toml").write_text(text)
     orch = orchestrator_factory(
-        workspace=workspace, max_concurrent=3, env={"CBOX_POLICIES_DIR": str(policies)}
+        workspace=workspace, max_concurrent=3, policies=POLICIES
     )
     await orch.start()
     yield orch

@@ -38,9 +38,24 @@ def _remove_test_containers() -> None:
             subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=False)
 
 
+def _remove_stale_test_networks() -> None:
+    """Task networks left by an earlier, killed test run: Docker's address pools are small
+    (about 30 networks), so leftovers would eventually make every new task fail."""
+    lines = subprocess.run(
+        ["docker", "network", "ls", "--filter", "label=dev.cbox.managed=true",
+         "--format", '{{.Name}} {{.Label "dev.cbox.instance"}}'],
+        capture_output=True, text=True, check=False,
+    ).stdout.splitlines()
+    for line in lines:
+        name, _, instance = line.partition(" ")
+        if instance.startswith(("test-", "cbox-test-")):
+            subprocess.run(["docker", "network", "rm", name], capture_output=True, check=False)
+
+
 @pytest.fixture(scope="session")
 def engine() -> Iterator[None]:
     ensure_engine()
+    _remove_stale_test_networks()
     yield
     _remove_test_containers()
 

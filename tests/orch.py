@@ -27,6 +27,13 @@ from cbox.cli.client import SseEvent, parse_sse
 FAKE_KEY = "sk-ant-test-real-credential"
 
 
+def drop_firewall_chain(instance: str) -> None:
+    """The instance's host firewall chain, which a server keeps for adoption."""
+    chain = "CBOX-" + hashlib.sha256(instance.encode()).hexdigest()[:10]
+    for args in (["-D", "INPUT", "-j", chain], ["-F", chain], ["-X", chain]):
+        subprocess.run(["iptables", "-w", *args], capture_output=True, check=False)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -126,10 +133,7 @@ class Orchestrator:
         ).stdout.split()
         if nets:
             subprocess.run(["docker", "network", "rm", *nets], capture_output=True, check=False)
-        # The instance's host firewall chain (kept by the server for adoption).
-        chain = "CBOX-" + hashlib.sha256(self.instance.encode()).hexdigest()[:10]
-        for args in (["-D", "INPUT", "-j", chain], ["-F", chain], ["-X", chain]):
-            subprocess.run(["iptables", "-w", *args], capture_output=True, check=False)
+        drop_firewall_chain(self.instance)
 
     @property
     def label_filter(self) -> str:

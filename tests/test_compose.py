@@ -17,7 +17,7 @@ import pytest
 from cbox.baseimage import debootstrap_base
 from tests.conftest import REPO
 from tests.fakes.anthropic import FakeAnthropic, Text
-from tests.orch import FAKE_KEY, free_port
+from tests.orch import FAKE_KEY, drop_firewall_chain, free_port
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -94,6 +94,7 @@ async def stack(
             ["docker", "compose", "-p", name, "down", "-v", "--remove-orphans"],
             cwd=project, env=env, capture_output=True, check=False, timeout=120,
         )
+        drop_firewall_chain(name)
 
 
 async def test_stack_runs_a_task(

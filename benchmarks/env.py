@@ -9,23 +9,19 @@ server's host firewall chain, the same way `tests/orch.py` does.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
-
 from benchmarks.docker_events import DockerEvents
 from tests.fakes.anthropic import FakeAnthropic, Text
+from tests.orch import drop_firewall_chain, free_port, wait_until_serving
 
 REPO = Path(__file__).resolve().parent.parent
 FAKE_KEY = "sk-ant-bench-credential"
@@ -81,11 +77,6 @@ def flood_command(n: int) -> list[str]:
 ECHO = ["sh", "-c", "echo hi"]
 SLEEP = ["sleep", "600"]
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def sh(*cmd: str, check: bool = True) -> str:
@@ -163,9 +154,7 @@ class Bench:
                               capture_output=True, text=True, check=False).stdout.split()
         if nets:
             subprocess.run(["docker", "network", "rm", *nets], capture_output=True, check=False)
-        chain = "CBOX-" + hashlib.sha256(self.instance.encode()).hexdigest()[:10]
-        for args in (["-D", "INPUT", "-j", chain], ["-F", chain], ["-X", chain]):
-            subprocess.run(["iptables", "-w", *args], capture_output=True, check=False)
+        drop_firewall_chain(self.instance)
 
     # ------------------------------------------------------------------ bare docker
 
@@ -255,19 +244,7 @@ class Server:
 
     async def start(self, timeout_s: float = 60) -> None:
         self.proc = await asyncio.to_thread(self._spawn)
-        deadline = time.monotonic() + timeout_s
-        async with aiohttp.ClientSession() as session:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"cbox serve exited: {self.log.read_text()[-2000:]}")
-                try:
-                    async with session.get(self.url + "/healthz") as resp:
-                        if resp.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.05)
-        raise RuntimeError(f"cbox serve did not answer: {self.log.read_text()[-2000:]}")
+        await wait_until_serving(self.url, self.proc, self.log, timeout_s)
 
     async def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

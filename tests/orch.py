@@ -7,7 +7,6 @@ label, so tests never see each other's tasks or containers.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import signal
@@ -23,13 +22,33 @@ from typing import Any
 import aiohttp
 
 from cbox.cli.client import SseEvent, parse_sse
+from cbox.orchestrator.firewall import chain_name
 
 FAKE_KEY = "sk-ant-test-real-credential"
 
 
+async def wait_until_serving(
+    url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float, poll_s: float = 0.05
+) -> None:
+    """Poll a `cbox serve` subprocess's /healthz until it answers, or fail with its log."""
+    deadline = time.monotonic() + timeout_s
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"cbox serve exited: {log.read_text()[-2000:]}")
+            try:
+                async with session.get(url + "/healthz") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(poll_s)
+    raise RuntimeError(f"cbox serve did not answer: {log.read_text()[-2000:]}")
+
+
 def drop_firewall_chain(instance: str) -> None:
     """The instance's host firewall chain, which a server keeps for adoption."""
-    chain = "CBOX-" + hashlib.sha256(instance.encode()).hexdigest()[:10]
+    chain = chain_name(instance)
     for args in (["-D", "INPUT", "-j", chain], ["-F", chain], ["-X", chain]):
         subprocess.run(["iptables", "-w", *args], capture_output=True, check=False)
 
@@ -91,19 +110,7 @@ class Orchestrator:
                 [sys.executable, "-m", "cbox", "serve"],
                 env=self.env, stdout=log, stderr=subprocess.STDOUT,
             )
-        deadline = time.monotonic() + timeout_s
-        async with aiohttp.ClientSession() as session:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"cbox serve exited: {self.log.read_text()[-2000:]}")
-                try:
-                    async with session.get(self.url + "/healthz") as resp:
-                        if resp.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
-        raise RuntimeError(f"cbox serve did not answer: {self.log.read_text()[-2000:]}")
+        await wait_until_serving(self.url, self.proc, self.log, timeout_s)
 
     def kill9(self) -> None:
         assert self.proc is not None

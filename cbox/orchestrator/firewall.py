@@ -25,12 +25,16 @@ from cbox.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
+def chain_name(instance: str) -> str:
+    """The iptables chain of one orchestrator instance (chain names stop at 28 chars)."""
+    return "CBOX-" + hashlib.sha256(instance.encode()).hexdigest()[:10]
+
+
 class HostFirewall:
     def __init__(self, mode: str, instance: str) -> None:
         self.mode = mode
         self.enabled = False
-        digest = hashlib.sha256(instance.encode()).hexdigest()[:10]
-        self.chain = f"CBOX-{digest}"
+        self.chain = chain_name(instance)
 
     async def _iptables(self, *args: str) -> tuple[int, str]:
         proc = await asyncio.create_subprocess_exec(

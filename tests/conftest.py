@@ -1,8 +1,9 @@
 """Fixtures: the real engine, the real sandbox image, the fake model API, orchestrators.
 
-Every container a test starts carries `dev.cbox.test=1` (direct runs) or an
-orchestrator instance label `test-...`; both are removed after each test and
-again at the end of the session, whether the test passed or not.
+Every container a test starts carries `dev.cbox.test=<this run's id>` (direct
+runs) or an orchestrator instance label `test-...`; both are removed after each
+test and again at the end of the session, whether the test passed or not. The
+run id keeps two test runs on one engine (two checkouts) out of each other's way.
 """
 
 from __future__ import annotations
@@ -23,19 +24,20 @@ from tests.testbed.engine import ensure_engine
 from tests.testbed.images import base_image, sandbox_image
 
 TEST_LABEL = "dev.cbox.test"
+#: This pytest run's value of TEST_LABEL: cleanup removes only its own containers.
+TEST_RUN = uuid.uuid4().hex[:12]
 WORKSPACE_UID = 1234
 WORKSPACE_GID = 1234
 REPO = Path(__file__).resolve().parent.parent
 
 
 def _remove_test_containers() -> None:
-    for label in (f"{TEST_LABEL}=1", "dev.cbox.test-instance=1"):
-        ids = subprocess.run(
-            ["docker", "ps", "-aq", "--filter", f"label={label}"],
-            capture_output=True, text=True, check=False,
-        ).stdout.split()
-        if ids:
-            subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=False)
+    ids = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label={TEST_LABEL}={TEST_RUN}"],
+        capture_output=True, text=True, check=False,
+    ).stdout.split()
+    if ids:
+        subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=False)
 
 
 def _remove_stale_test_networks() -> None:

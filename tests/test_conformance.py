@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import TEST_LABEL, WORKSPACE_GID, WORKSPACE_UID
+from tests.conftest import TEST_LABEL, TEST_RUN, WORKSPACE_GID, WORKSPACE_UID
 from tests.orch import FAKE_KEY, Orchestrator
 
 pytestmark = [pytest.mark.docker]
@@ -150,7 +150,7 @@ async def outside_host(image: str) -> AsyncIterator[str]:
     name = f"cbox-outside-{uuid.uuid4().hex[:8]}"
     subprocess.run(["docker", "network", "create", name], check=True, capture_output=True)
     subprocess.run(
-        ["docker", "run", "-d", "--name", name, "--network", name, "--label", f"{TEST_LABEL}=1",
+        ["docker", "run", "-d", "--name", name, "--network", name, "--label", f"{TEST_LABEL}={TEST_RUN}",
          image, "python3", "-m", "http.server", "8000"],
         check=True, capture_output=True,
     )

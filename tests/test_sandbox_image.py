@@ -11,7 +11,7 @@ import aiodocker
 import pytest
 
 from cbox import image as images
-from tests.conftest import TEST_LABEL, WORKSPACE_GID, WORKSPACE_UID
+from tests.conftest import TEST_LABEL, TEST_RUN, WORKSPACE_GID, WORKSPACE_UID
 from tests.fakes.anthropic import FakeAnthropic, Text, ToolUse
 from tests.testbed.images import WHEEL_CACHE
 
@@ -42,7 +42,7 @@ async def run_box(
         "Image": image,
         "Cmd": cmd,
         "Env": [f"{k}={v}" for k, v in (env or {}).items()],
-        "Labels": {TEST_LABEL: "1"},
+        "Labels": {TEST_LABEL: TEST_RUN},
         "HostConfig": host,
     }
     if user:

@@ -107,6 +107,23 @@ class Settings(BaseSettings):
     stop_grace_s: float = Field(
         5.0, ge=0, description="CBOX_STOP_GRACE_S: SIGTERM-to-SIGKILL grace on stop."
     )
+    warm_pool: int = Field(
+        1,
+        ge=0,
+        le=8,
+        description="CBOX_WARM_POOL: fresh containers kept created and started ahead of "
+        "time for each recently used (policy, workspace); each serves exactly one task. "
+        "0 turns the pool off.",
+    )
+    warm_pool_max: int = Field(
+        4, ge=0, le=64, description="CBOX_WARM_POOL_MAX: warm containers in all, at most."
+    )
+    warm_pool_idle_s: float = Field(
+        900.0,
+        gt=0,
+        description="CBOX_WARM_POOL_IDLE_S: a (policy, workspace) unused this long loses "
+        "its warm containers.",
+    )
     instance: str = Field(
         "default",
         description="CBOX_INSTANCE: name of this orchestrator; it only adopts or removes "

@@ -100,6 +100,9 @@ class Orchestrator:
             "CBOX_MAX_CONCURRENT": str(max_concurrent),
             "CBOX_STOP_GRACE_S": "2",
             "CBOX_KEEPALIVE_S": "1",
+            # Off unless a test is about it: warm containers outlive tasks, and
+            # most tests count what is left behind. tests/test_warm_pool.py turns it on.
+            "CBOX_WARM_POOL": "0",
             **extra,
         }
         self.proc: subprocess.Popen[bytes] | None = None
@@ -149,6 +152,15 @@ class Orchestrator:
     def networks(self) -> list[str]:
         return subprocess.run(
             ["docker", "network", "ls", "-q", "--filter", self.label_filter],
+            capture_output=True, text=True, check=False,
+        ).stdout.split()
+
+    def warm_containers(self, policy: str | None = None) -> list[str]:
+        """Warm containers of this instance (of one policy) no task has finished in yet."""
+        only = ["--filter", f"label=dev.cbox.policy={policy}"] if policy else []
+        return subprocess.run(
+            ["docker", "ps", "-aq", "--no-trunc", "--filter", self.label_filter,
+             "--filter", "label=dev.cbox.warm=true", *only],
             capture_output=True, text=True, check=False,
         ).stdout.split()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import uuid
 from pathlib import Path
 from typing import Any
@@ -205,3 +206,32 @@ async def test_second_build_rebuilds_nothing(docker: aiodocker.Docker, image: st
     result = await images.build_image(docker, tag=image, base_image=base_tag, wheel=wheel)
     assert result.built is False
     assert result.inputs_hash == base[images.LABEL_INPUTS]
+
+
+@pytest.mark.parametrize(
+    ("stdin", "code", "stdout", "stderr"),
+    [
+        # A task message: its env and task file are in place, its stdin is empty.
+        (json.dumps({"argv": ["sh", "-c", 'cat /cbox/task.json; echo "$X"; cat'],
+                     "env": {"CBOX_TASK_JSON": '{"task_id": "t1"}', "X": "from the message"}}),
+         0, '{"task_id": "t1"}\nfrom the message\n', ""),
+        ("", 0, "", ""),  # discarded unused: stdin closes with no task
+        ("not json", 125, "", "cbox-await: malformed task message"),
+        (json.dumps({"argv": []}), 125, "", "empty argv"),
+        (json.dumps({"argv": ["no-such-agent"]}), 127, "", "cannot run no-such-agent"),
+    ],
+)
+def test_cbox_await_runs_the_task_it_is_handed(
+    image: str, stdin: str, code: int, stdout: str, stderr: str
+) -> None:
+    """What a warm container runs: one JSON line on stdin, then the agent in its place."""
+    proc = subprocess.run(
+        ["docker", "run", "--rm", "-i", "--label", f"{TEST_LABEL}={TEST_RUN}",
+         "--read-only", "--tmpfs", "/cbox:uid=1000,gid=1000", "--network", "none",
+         image, "/usr/local/bin/cbox-await"],
+        input=(stdin + "\n").encode() if stdin else b"", capture_output=True, timeout=60,
+        check=False,
+    )
+    assert proc.returncode == code, proc.stderr
+    assert proc.stdout.decode() == stdout
+    assert stderr in proc.stderr.decode()

@@ -175,7 +175,7 @@ def spec() -> dict[str, Any]:
             },
             "/policies": {"get": {"summary": "Policies and their effective values",
                                   "responses": {"200": _json({"type": "object"}, "Policies")}}},
-            "/healthz": {"get": {"summary": "Liveness",
+            "/healthz": {"get": {"summary": "Liveness, and the number of warm containers ready",
                                  "responses": {"200": _json({"type": "object"}, "OK")}}},
             "/openapi.json": {"get": {"summary": "This document",
                                       "responses": {"200": _json({"type": "object"}, "OpenAPI")}}},

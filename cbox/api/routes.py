@@ -231,4 +231,5 @@ async def get_policies(request: web.Request) -> web.Response:
 
 @routes.get("/healthz")
 async def get_healthz(request: web.Request) -> web.Response:
-    return web.json_response({"ok": True})
+    """Liveness, and how many warm containers wait for tasks (see `orchestrator/pool.py`)."""
+    return web.json_response({"ok": True, "warm": request.app[SERVICE].pool.warm()})

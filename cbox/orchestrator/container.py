@@ -24,7 +24,13 @@ from typing import Any
 
 from cbox.errors import InvalidRequest
 from cbox.models import MountMode, Task
-from cbox.orchestrator.docker import LABEL_INSTANCE, LABEL_MANAGED, LABEL_TASK
+from cbox.orchestrator.docker import (
+    LABEL_INSTANCE,
+    LABEL_MANAGED,
+    LABEL_POLICY,
+    LABEL_TASK,
+    LABEL_WARM,
+)
 from cbox.orchestrator.sessions import SESSION_MOUNT, SessionMount
 from cbox.policies import EffectiveLimits
 
@@ -103,6 +109,58 @@ class Gateway:
     proxy_url: str | None = None
 
 
+#: What a warm container runs until its task arrives (see sandbox-image/cbox-await).
+AWAIT_COMMAND = ["/usr/local/bin/cbox-await"]
+
+
+def task_json(task: Task, limits: EffectiveLimits) -> str:
+    """The task as the box sees it: $CBOX_TASK_JSON and /cbox/task.json."""
+    return json.dumps(
+        {
+            "task_id": task.id,
+            "prompt": task.spec.prompt,
+            "policy": limits.policy.name,
+            "read_only": limits.mount_mode is MountMode.RO,
+            "model": limits.model,
+            "max_turns": limits.max_turns,
+            "metadata": task.spec.metadata,
+            "session": task.spec.session,
+            "branch": task.isolation.branch if task.isolation else None,
+        }
+    )
+
+
+def task_message(task: Task, limits: EffectiveLimits) -> bytes:
+    """What a warm container's `cbox-await` reads on stdin: the command and its task."""
+    message = {
+        "argv": agent_command(task, limits),
+        "env": {"CBOX_TASK_JSON": task_json(task, limits)},
+    }
+    return json.dumps(message).encode() + b"\n"
+
+
+def pool_key(
+    limits: EffectiveLimits, workspace: Workspace, image: str, passthrough_env: dict[str, str]
+) -> str:
+    """Which tasks a warm container can serve: everything `container_config` reads
+    except what only reaches the box with the task itself (its command, id, prompt
+    and the knobs that end up in its argv), and the gateway budget, which is set
+    when the task takes the container.
+    """
+    per_task = {"model", "max_turns", "timeout_s", "max_cost_usd", "max_tokens"}
+    return json.dumps(
+        [
+            image,
+            str(workspace.path),
+            workspace.uid,
+            workspace.gid,
+            limits.model_dump(mode="json", exclude=per_task),
+            passthrough_env,
+        ],
+        sort_keys=True,
+    )
+
+
 def container_config(
     *,
     task: Task,
@@ -115,32 +173,23 @@ def container_config(
     passthrough_env: dict[str, str],
     stop_grace_s: float,
     session: SessionMount | None = None,
+    warm: bool = False,
 ) -> dict[str, Any]:
     """The Docker Engine API `ContainerCreate` body for one task.
 
     `workspace` is what gets mounted at /workspace: the user's tree, or an
     isolated task's copy of it. A session adds its volume as the CLI's config
-    dir.
+    dir. A `warm` container is made before its task is known: it waits on
+    stdin for `task_message` instead of carrying the command and the task.
     """
     env = {
         **passthrough_env,
         "ANTHROPIC_BASE_URL": gateway.url,
         "CBOX_TASK_ID": task.id,
-        "CBOX_TASK_JSON": json.dumps(
-            {
-                "task_id": task.id,
-                "prompt": task.spec.prompt,
-                "policy": limits.policy.name,
-                "read_only": limits.mount_mode is MountMode.RO,
-                "model": limits.model,
-                "max_turns": limits.max_turns,
-                "metadata": task.spec.metadata,
-                "session": task.spec.session,
-                "branch": task.isolation.branch if task.isolation else None,
-            }
-        ),
         "HOME": "/home/agent",
     }
+    if not warm:
+        env["CBOX_TASK_JSON"] = task_json(task, limits)
     binds = [f"{workspace.path}:/workspace:{limits.mount_mode.value}"]
     if session is not None:
         env["CLAUDE_CONFIG_DIR"] = SESSION_MOUNT
@@ -155,13 +204,27 @@ def container_config(
         env["NO_PROXY"] = env["no_proxy"] = gateway_host
     ids = f"uid={workspace.uid},gid={workspace.gid}"
     memory = limits.memory_mb * 1024 * 1024
+    labels = {
+        LABEL_MANAGED: "true",
+        LABEL_TASK: task.id,
+        LABEL_INSTANCE: instance,
+        LABEL_POLICY: limits.policy.name,
+    }
+    if warm:
+        labels[LABEL_WARM] = "true"
     return {
         "Image": image,
-        "Cmd": agent_command(task, limits, session.resume_id if session else None),
+        "Cmd": AWAIT_COMMAND
+        if warm
+        else agent_command(task, limits, session.resume_id if session else None),
         "Env": [f"{k}={v}" for k, v in env.items()],
         "User": f"{workspace.uid}:{workspace.gid}",
         "WorkingDir": "/workspace",
-        "Labels": {LABEL_MANAGED: "true", LABEL_TASK: task.id, LABEL_INSTANCE: instance},
+        # A warm container's stdin stays open until the orchestrator has
+        # written its task and detached (then it is closed for good).
+        "OpenStdin": warm,
+        "StdinOnce": warm,
+        "Labels": labels,
         "StopSignal": "SIGTERM",
         "StopTimeout": max(1, int(stop_grace_s)),
         "HostConfig": {

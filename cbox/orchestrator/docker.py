@@ -24,6 +24,8 @@ LABEL_MANAGED = "dev.cbox.managed"
 LABEL_TASK = "dev.cbox.task-id"
 LABEL_INSTANCE = "dev.cbox.instance"
 LABEL_SESSION = "dev.cbox.session"
+LABEL_WARM = "dev.cbox.warm"
+LABEL_POLICY = "dev.cbox.policy"
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +165,17 @@ class DockerBackend:
             await self.docker.containers.container(container_id).start()
         except _ENGINE_ERRORS as exc:
             raise _translate(exc, "start container") from exc
+
+    async def deliver(self, container_id: str, data: bytes) -> None:
+        """Write `data` to a waiting container's stdin, then close it (warm pool)."""
+        stream = self.docker.containers.container(container_id).attach(stdin=True)
+        try:
+            await stream.write_in(data)
+        except _ENGINE_ERRORS as exc:
+            raise _translate(exc, "deliver the task to its container") from exc
+        finally:
+            with contextlib.suppress(*_ENGINE_ERRORS):
+                await stream.close()
 
     async def lines(
         self, container_id: str, *, stderr: bool, follow: bool = True

@@ -140,6 +140,11 @@ class ApiGateway:
         self._by_host[host] = lease
         return bound
 
+    def set_budget(self, task_id: str, budget: Budget) -> None:
+        lease = self._leases.get(task_id)
+        if lease is not None:
+            lease.budget = budget
+
     async def close_for(self, task_id: str) -> Usage | None:
         lease = self._leases.pop(task_id, None)
         if lease is None:

@@ -85,16 +85,25 @@ class TaskNetworks:
             task.proxy_url = f"http://{ip}:{proxy}"
         await self.firewall.confine(bridge_name(task.id), _door_ports(task), fresh=fresh)
 
+    def set_budget(self, task: Task, limits: EffectiveLimits) -> None:
+        """The task's own budget, for doors opened before the task was known (warm pool)."""
+        self.gateway.set_budget(
+            task.id, Budget(max_cost_usd=limits.max_cost_usd, max_tokens=limits.max_tokens)
+        )
+
     async def close_for(self, task: Task) -> None:
-        """Shut the task's doors and record what the gateway counted on it."""
-        if task.network:
-            await self.firewall.release(bridge_name(task.id), _door_ports(task))
+        """Close the task's doors and record what the gateway counted on it."""
         usage = await self.gateway.close_for(task.id)
         if usage is not None and usage.requests:
             task.outcome.gateway_usage = usage.as_dict()
             if task.outcome.cost_usd is None:
                 task.outcome.cost_usd = round(usage.cost_usd, 6)
         await self.egress.close_for(task.id)
+
+    async def release(self, task: Task) -> None:
+        """Drop the task's firewall rules: only once its container is gone."""
+        if task.network:
+            await self.firewall.release(bridge_name(task.id), _door_ports(task))
 
     async def remove(self, task: Task) -> None:
         if task.network:

@@ -30,7 +30,14 @@ from cbox.models import (
     TaskState,
     new_task_id,
 )
-from cbox.orchestrator.container import Gateway, Workspace, container_config, resolve_workspace
+from cbox.orchestrator.container import (
+    Gateway,
+    Workspace,
+    container_config,
+    pool_key,
+    resolve_workspace,
+    task_message,
+)
 from cbox.orchestrator.docker import (
     DockerBackend,
     ExitInfo,
@@ -39,6 +46,7 @@ from cbox.orchestrator.docker import (
 from cbox.orchestrator.isolated import Isolator, check_repository
 from cbox.orchestrator.networks import TaskNetworks
 from cbox.orchestrator.outcome import Ending, apply_result, decide
+from cbox.orchestrator.pool import Shape, Slot, WarmPool
 from cbox.orchestrator.queue import TaskQueue
 from cbox.orchestrator.sessions import SessionManager, SessionMount
 from cbox.orchestrator.store import Store
@@ -89,6 +97,8 @@ class TaskService:
         self.networks = TaskNetworks(
             settings, docker, on_budget=self._on_budget, on_denied=self._on_denied
         )
+        self.pool = WarmPool(settings, docker, self.networks)
+        self._warm: dict[str, Slot] = {}  # warm containers taken by tasks not yet started
         self._logs: dict[str, TaskLog] = {}
         self._tasks: dict[str, Task] = {}  # active tasks, the live copy
         self._queue = TaskQueue()
@@ -122,6 +132,8 @@ class TaskService:
         await self._recover()
         self._flusher = asyncio.create_task(self._flush_loop(), name="cbox-flusher")
         self._dispatch()
+        self.pool.start()
+        self._warm_default()
 
     async def close(self) -> None:
         """Stop serving. Running containers keep running; a restart adopts them."""
@@ -136,6 +148,7 @@ class TaskService:
             self._flusher.cancel()
             await wait_quietly(self._flusher)
         await self._flush()
+        await self.pool.close()
         await self.networks.close()
         await self.store.close()
         await self.docker.close()
@@ -233,13 +246,17 @@ class TaskService:
                 await check_repository(workspace.path, workspace.uid, workspace.gid)
             if spec.session:
                 await self.sessions.ensure(spec.session)
+            slot = self._claim_warm(spec, limits, workspace)
             task = Task(
-                id=new_task_id(),
+                id=slot.holder.id if slot else new_task_id(),
                 spec=spec,
                 workspace=str(workspace.path),
                 mount_mode=limits.mount_mode,
                 isolated=limits.isolated,
             )
+            if slot is not None:
+                slot.hand_to(task)
+                self._warm[task.id] = slot
             tlog = TaskLog(task.id)
             tlog.append("start", {"task_id": task.id, "prompt": spec.prompt})
             task.last_seq = tlog.last_seq
@@ -273,6 +290,38 @@ class TaskService:
 
     async def stop_running(self) -> list[Task]:
         return [await self.stop(run.task.id) for run in list(self._runs.values())]
+
+    # ------------------------------------------------------------------ warm pool
+
+    def _shape(self, limits: EffectiveLimits, workspace: Workspace) -> tuple[str, Shape]:
+        image = limits.policy.image or self.settings.image
+        passthrough = self._passthrough(limits)
+        shape = Shape(limits=limits, workspace=workspace, image=image,
+                      passthrough_env=passthrough)
+        return pool_key(limits, workspace, image, passthrough), shape
+
+    def _claim_warm(
+        self, spec: TaskSpec, limits: EffectiveLimits, workspace: Workspace
+    ) -> Slot | None:
+        """A warm container for this task, if its shape has one; sessions and
+        isolated copies mount per-task things, so they always start cold."""
+        if spec.session or limits.isolated:
+            return None
+        return self.pool.claim(*self._shape(limits, workspace))
+
+    def _warm_default(self) -> None:
+        """Keep the default task shape (default policy, WORKSPACE_DIR) warm from the start."""
+        if not self.pool.enabled:
+            return
+        try:
+            limits = self.policies.resolve(TaskSpec(prompt="-"))
+            workspace = resolve_workspace(
+                None, self.settings.workspace_dir, self.settings.allowed_workspace_roots
+            )
+        except CboxError:
+            return  # no usable default: shapes are learnt from the tasks that come
+        if not limits.isolated:
+            self.pool.want(*self._shape(limits, workspace))
 
     # ------------------------------------------------------------------ scheduling
 
@@ -314,73 +363,94 @@ class TaskService:
         task = run.task
         tlog = self._logs[task.id]
         try:
-            workspace = resolve_workspace(
-                task.workspace, self.settings.workspace_dir, self.settings.allowed_workspace_roots
-            )
-            image = run.limits.policy.image or self.settings.image
-            session: SessionMount | None = None
-            if task.spec.session:
-                session = await self.sessions.prepare(
-                    task.spec.session, task_id=task.id, uid=workspace.uid, gid=workspace.gid,
-                    image=image,
-                )
-                if session.resume_id:
-                    tlog.append("log", {"line": f"session {task.spec.session}: resuming "
-                                        f"conversation {session.resume_id}"})
-                else:
-                    tlog.append("log", {"line": f"session {task.spec.session}: new "
-                                        "conversation"})
-            if run.limits.isolated:
-                task.isolation = await self.isolator.prepare(
-                    task.id, workspace.path, workspace.uid, workspace.gid,
-                    lambda line: _log(tlog, line),
-                )
-                assert task.isolation.copy_path is not None
-                workspace = Workspace(
-                    path=Path(task.isolation.copy_path), uid=workspace.uid, gid=workspace.gid
-                )
-            await self.networks.open(task, run.limits)
-            assert task.gateway_token is not None
-            assert task.gateway_url is not None
-            assert task.network is not None
-            config = container_config(
-                task=task,
-                limits=run.limits,
-                workspace=workspace,
-                image=image,
-                network=task.network,
-                instance=self.settings.instance,
-                gateway=Gateway(
-                    url=task.gateway_url,
-                    token=task.gateway_token,
-                    oauth=self.networks.uses_oauth,
-                    proxy_url=task.proxy_url,
-                ),
-                passthrough_env=self._passthrough(run.limits),
-                stop_grace_s=self.settings.stop_grace_s,
-                session=session,
-            )
-            task.container_id = await self.docker.create(f"cbox-{task.id}", config)
-            task.state = TaskState.RUNNING
-            task.started_at = time.time()
-            running: dict[str, Any] = {
-                "container_id": task.container_id[:12],
-                "mount_mode": run.limits.mount_mode.value,
-            }
-            if task.isolation is not None:
-                running["branch"] = task.isolation.branch
-            if task.spec.session:
-                running["session"] = task.spec.session
-            tlog.append("running", running)
-            # No flush here: the flusher stores `running` within 50 ms, and a
-            # crash before that finds a queued task with a container, which
-            # recovery removes before running the task again.
-            await self.docker.start(task.container_id)
+            slot = self._warm.pop(task.id, None)
+            if slot is None or not await self._start_warm(run, tlog):
+                if slot is not None:
+                    await self.pool.discard(slot)
+                    task.container_id = task.network = task.gateway_token = None
+                    task.gateway_url = task.proxy_url = None
+                await self._start_cold(run, tlog)
         except (CboxError, OSError) as exc:
             task.outcome.error = str(exc)
             await self._finish(task, TaskState.FAILED)
             return
         await self._follow(run)
+
+    async def _start_cold(self, run: _Run, tlog: TaskLog) -> None:
+        """Make the task's network, doors and container, and start it."""
+        task = run.task
+        workspace = resolve_workspace(
+            task.workspace, self.settings.workspace_dir, self.settings.allowed_workspace_roots
+        )
+        image = run.limits.policy.image or self.settings.image
+        session: SessionMount | None = None
+        if task.spec.session:
+            session = await self.sessions.prepare(
+                task.spec.session, task_id=task.id, uid=workspace.uid, gid=workspace.gid,
+                image=image,
+            )
+            if session.resume_id:
+                tlog.append("log", {"line": f"session {task.spec.session}: resuming "
+                                    f"conversation {session.resume_id}"})
+            else:
+                tlog.append("log", {"line": f"session {task.spec.session}: new "
+                                    "conversation"})
+        if run.limits.isolated:
+            task.isolation = await self.isolator.prepare(
+                task.id, workspace.path, workspace.uid, workspace.gid,
+                lambda line: _log(tlog, line),
+            )
+            assert task.isolation.copy_path is not None
+            workspace = Workspace(
+                path=Path(task.isolation.copy_path), uid=workspace.uid, gid=workspace.gid
+            )
+        await self.networks.open(task, run.limits)
+        assert task.gateway_token is not None
+        assert task.gateway_url is not None
+        assert task.network is not None
+        config = container_config(
+            task=task,
+            limits=run.limits,
+            workspace=workspace,
+            image=image,
+            network=task.network,
+            instance=self.settings.instance,
+            gateway=Gateway(
+                url=task.gateway_url,
+                token=task.gateway_token,
+                oauth=self.networks.uses_oauth,
+                proxy_url=task.proxy_url,
+            ),
+            passthrough_env=self._passthrough(run.limits),
+            stop_grace_s=self.settings.stop_grace_s,
+            session=session,
+        )
+        task.container_id = await self.docker.create(f"cbox-{task.id}", config)
+        task.state = TaskState.RUNNING
+        task.started_at = time.time()
+        _running(run, tlog)
+        # No flush here: the flusher stores `running` within 50 ms, and a
+        # crash before that finds a queued task with a container, which
+        # recovery removes before running the task again.
+        await self.docker.start(task.container_id)
+
+    async def _start_warm(self, run: _Run, tlog: TaskLog) -> bool:
+        """Hand the task to the warm container it took; False if that container is lost."""
+        task = run.task
+        assert task.container_id is not None
+        self.networks.set_budget(task, run.limits)
+        task.state = TaskState.RUNNING
+        task.started_at = time.time()
+        try:
+            await self.docker.deliver(task.container_id, task_message(task, run.limits))
+        except DockerError as exc:
+            log.warning("warm container of %s is unusable (%s); starting a new one",
+                        task.id, exc)
+            task.state = TaskState.QUEUED
+            task.started_at = None
+            return False
+        _running(run, tlog, warm=True)
+        return True
 
     async def _adopt(self, run: _Run) -> None:
         """Continue a task whose container outlived the previous orchestrator."""
@@ -513,7 +583,8 @@ class TaskService:
 
     async def _finish(self, task: Task, state: TaskState) -> None:
         """Record the end: state, `done` event, store; then clean up the container."""
-        await self.networks.close_for(task)
+        await self.networks.close_for(task)  # its usage figures go into `done`
+        self._warm.pop(task.id, None)
         tlog = self._logs[task.id]
         if task.isolation is not None and task.isolation.copy_path is not None:
             await self._collect(task, state)
@@ -559,12 +630,14 @@ class TaskService:
         try:
             if task.container_id:
                 await self.docker.remove(task.container_id)
+            await self.networks.release(task)
             await self.networks.remove(task)
-        except DockerError as exc:
+        except (DockerError, CboxError) as exc:
             log.warning("could not clean up after %s: %s", task.id, exc)
         self._tasks.pop(task.id, None)
         self._logs.pop(task.id, None)
         self._dispatch()
+        self.pool.kick()
 
     async def _collect(self, task: Task, state: TaskState) -> None:
         """Bring an isolated task's work back as branch `cbox/<task id>`."""
@@ -675,6 +748,21 @@ class TaskService:
             events.extend(page)
             if len(page) < STORE_PAGE:
                 return events
+
+
+def _running(run: _Run, tlog: TaskLog, *, warm: bool = False) -> None:
+    task = run.task
+    assert task.container_id is not None
+    running: dict[str, Any] = {
+        "container_id": task.container_id[:12],
+        "mount_mode": run.limits.mount_mode.value,
+        "warm": warm,
+    }
+    if task.isolation is not None:
+        running["branch"] = task.isolation.branch
+    if task.spec.session:
+        running["session"] = task.spec.session
+    tlog.append("running", running)
 
 
 def _log(tlog: TaskLog, line: str) -> None:

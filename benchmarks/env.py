@@ -15,9 +15,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+
+import aiohttp
 
 from benchmarks.docker_events import DockerEvents
 from tests.fakes.anthropic import FakeAnthropic, Text
@@ -203,6 +206,8 @@ class Server:
     def __init__(self, bench: Bench, max_concurrent: int = 8) -> None:
         self.bench = bench
         self.max_concurrent = max_concurrent
+        #: CBOX_WARM_POOL; None keeps the product's default (a warm pool of 1 per shape).
+        self.warm_pool: int | None = None
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = bench.root / "serve.log"
@@ -233,6 +238,8 @@ class Server:
             "CBOX_MAX_CONCURRENT": str(self.max_concurrent),
             "CBOX_STOP_GRACE_S": "1",
         })
+        if self.warm_pool is not None:
+            env["CBOX_WARM_POOL"] = str(self.warm_pool)
         return env
 
     def _spawn(self) -> subprocess.Popen[bytes]:
@@ -255,7 +262,23 @@ class Server:
                 self.proc.kill()
                 await asyncio.to_thread(self.proc.wait)
 
-    async def restart(self, max_concurrent: int) -> None:
+    async def restart(self, max_concurrent: int, warm_pool: int | None = None) -> None:
         await self.stop()
         self.max_concurrent = max_concurrent
+        self.warm_pool = warm_pool
         await self.start()
+
+    async def warm(self) -> int:
+        """Warm containers ready on the server (its /healthz)."""
+        async with aiohttp.ClientSession() as session, session.get(self.url + "/healthz") as resp:
+            return int((await resp.json()).get("warm", 0))
+
+    async def settle_pool(self, at_least: int, timeout_s: float = 10) -> int:
+        """Wait until the warm pool is back to `at_least`, so refilling it (engine work)
+        never overlaps a measured run, of either side."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            count = await self.warm()
+            if count >= at_least or time.monotonic() > deadline:
+                return count
+            await asyncio.sleep(0.05)

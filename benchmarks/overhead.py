@@ -129,23 +129,39 @@ def _summary(cbox: list[tuple[float, dict[str, float], bool]],
 
 
 async def overhead(bench: Bench, server: Server, reps: int, real_cli: bool) -> dict[str, Any]:
-    """`cbox run` vs `docker run --rm`, trivial command (and the real CLI, one turn)."""
+    """`cbox run` vs `docker run --rm`, trivial command (and the real CLI, one turn).
+
+    Measured twice: with the warm pool (the product's default) and without it
+    (`CBOX_WARM_POOL=0`, every task makes its container). Before every measured
+    run, of either side, the pool is back to full, so refilling it never
+    overlaps a measurement; the first run of each case is an unmeasured warm-up
+    that teaches the pool the case's shape.
+    """
     result: dict[str, Any] = {}
     cases: list[tuple[str, str, list[str], bool]] = [("echo", "bench-echo", ECHO, False)]
     if real_cli:
         cases.append(("claude_one_turn", "bench-claude", CLAUDE, True))
-    for label, policy, command, claude in cases:
-        cbox: list[tuple[float, dict[str, float], bool]] = []
-        bare: list[tuple[float, dict[str, float], bool]] = []
-        prompt = f"{MARKER} say hi" if claude else "bench overhead"
-        for i in range(reps):
-            if i % 2 == 0:
-                cbox.append(await _cbox_run(bench, server, policy, prompt))
-                bare.append(await _bare_run(bench, command, claude=claude))
-            else:
-                bare.append(await _bare_run(bench, command, claude=claude))
-                cbox.append(await _cbox_run(bench, server, policy, prompt))
-        result[label] = _summary(cbox, bare)
+    for pool in ("warm", "cold"):
+        if pool == "cold":
+            await server.restart(server.max_concurrent, warm_pool=0)
+        for label, policy, command, claude in cases:
+            cbox: list[tuple[float, dict[str, float], bool]] = []
+            bare: list[tuple[float, dict[str, float], bool]] = []
+            prompt = f"{MARKER} say hi" if claude else "bench overhead"
+            before = await server.warm()
+            await _cbox_run(bench, server, policy, prompt)  # warm-up, not measured
+            full = await server.settle_pool(before + 1) if pool == "warm" else 0
+            for i in range(reps):
+                for side in ((0, 1) if i % 2 == 0 else (1, 0)):
+                    await server.settle_pool(full)
+                    if side == 0:
+                        cbox.append(await _cbox_run(bench, server, policy, prompt))
+                    else:
+                        bare.append(await _bare_run(bench, command, claude=claude))
+            key = label if pool == "warm" else f"{label}_cold"
+            result[key] = _summary(cbox, bare)
+            result[key]["warm_pool"] = full
+    await server.restart(server.max_concurrent, warm_pool=None)
     # Client start-up alone: what a Python CLI costs before it sends a byte.
     startup: dict[str, list[float]] = {"cbox --version": [], "docker --version": []}
     for _ in range(5):
@@ -170,7 +186,15 @@ async def latency(bench: Bench, server: Server, reps: int) -> dict[str, Any]:
     timeout = aiohttp.ClientTimeout(total=120)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         await session.get(server.url + "/healthz")  # a warm connection, as a worker has
+        # An unmeasured task teaches the warm pool this shape; each measured one
+        # starts with the pool full again (refilling is engine work).
+        before = await server.warm()
+        async with session.post(server.url + "/task",
+                                json={"prompt": "warm-up", "policy": "bench-echo"}) as resp:
+            await sse.read_stream(resp)
+        full = await server.settle_pool(before + 1)
         for _ in range(reps):
+            await server.settle_pool(full)
             # REST: POST /tasks, then follow its events.
             t0 = time.time_ns()
             async with session.post(server.url + "/tasks",
@@ -185,6 +209,7 @@ async def latency(bench: Bench, server: Server, reps: int) -> dict[str, Any]:
                 when = await bench.events.wait_for("container", action, f"cbox-{task['id']}", t0)
                 add(rest, f"container_{action}", ms(when - t0) if when else None)
             # Seed API: POST /task answers with the event stream itself.
+            await server.settle_pool(full)
             t0 = time.time_ns()
             async with session.post(server.url + "/task",
                                     json={"prompt": "latency", "policy": "bench-echo"}) as resp:
@@ -193,6 +218,7 @@ async def latency(bench: Bench, server: Server, reps: int) -> dict[str, Any]:
                 add(seed, f"event_{kind}", ms(seen.first[kind] - t0) if kind in seen.first
                     else None)
             # Bare: docker run, attached; its first stdout line is the "first output".
+            await server.settle_pool(full)
             name = bench.bare_name()
             t0 = time.time_ns()
             proc = await asyncio.create_subprocess_exec(
@@ -211,5 +237,5 @@ async def latency(bench: Bench, server: Server, reps: int) -> dict[str, Any]:
     def med(values: dict[str, list[float]]) -> dict[str, float]:
         return {k: round(median(v), 1) for k, v in values.items()}
 
-    return {"runs": reps, "rest_ms": med(rest), "seed_ms": med(seed), "bare_ms": med(bare),
-            "rest_all_ms": rest}
+    return {"runs": reps, "warm_pool": full, "rest_ms": med(rest), "seed_ms": med(seed),
+            "bare_ms": med(bare), "rest_all_ms": rest}

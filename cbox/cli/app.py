@@ -1,41 +1,31 @@
-"""The `cbox` command line.
+"""The `cbox` command line, as click commands.
 
-Exit codes of `cbox run` (and `cbox logs -f`), also documented in the README:
-
-    0   completed            4   stopped
-    1   failed               5   timed out
-    2   wrong usage          3   server unreachable or API error
-    130 interrupted (Ctrl-C; the remote task was stopped)
+`cbox.cli.main` runs the common `cbox run` without importing this module
+(click and the command tree cost ~25 ms); everything else comes here. Exit
+codes are listed in `cbox.cli.follow`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from cbox import __version__
 from cbox.cli import render
-from cbox.cli.client import Client
-from cbox.errors import CboxError, ClientError
+from cbox.cli.blocking_client import BlockingClient
+from cbox.cli.defaults import DEFAULT_SERVER, resolve_token
+from cbox.cli.follow import EXIT_CLIENT, finish, follow, replay, run_task
+from cbox.cli.main import GROUP_FLAGS
+from cbox.cli.render import fail
+from cbox.errors import CboxError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from cbox.settings import Settings
-
-EXIT = {"completed": 0, "failed": 1, "stopped": 4, "timed_out": 5}
-EXIT_CLIENT = 3
-EXIT_INTERRUPTED = 130
-DEFAULT_SERVER = "http://127.0.0.1:8080"
-
-
-def fail(message: str, code: int = 1) -> NoReturn:
-    render.console(stderr=True).print(f"cbox: {message}", markup=False)
-    sys.exit(code)
 
 
 def load_settings() -> Settings:
@@ -51,7 +41,12 @@ def load_settings() -> Settings:
         fail(f"bad setting {'.'.join(str(p) for p in err['loc'])}: {err['msg']}", 2)
 
 
-GROUP_FLAGS = frozenset({"-h", "--help", "--version"})
+def call(action: Callable[[], Any]) -> Any:
+    """Run a client action; an error from the server or the network is one line, exit 3."""
+    try:
+        return action()
+    except CboxError as exc:
+        fail(str(exc), EXIT_CLIENT)
 
 
 class DefaultGroup(click.Group):
@@ -63,6 +58,17 @@ class DefaultGroup(click.Group):
         return super().parse_args(ctx, args)
 
 
+def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    # Not click.version_option: that needs the version when the module is
+    # imported, and importlib.metadata costs ~30 ms that only --version needs.
+    if not value or ctx.resilient_parsing:
+        return
+    from cbox import __version__
+
+    click.echo(f"cbox, version {__version__}", color=ctx.color)
+    ctx.exit()
+
+
 server_option = click.option(
     "--server",
     envvar="CBOX_SERVER",
@@ -70,16 +76,10 @@ server_option = click.option(
     show_default=True,
     help="Orchestrator URL (env CBOX_SERVER).",
 )
-def _token_callback(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """Explicit token, else the one a local server generated (see cbox.auth)."""
-    if value:
-        return value
-    from cbox.auth import default_token_file, read_token
 
-    try:
-        return read_token(default_token_file())
-    except CboxError:
-        return None
+
+def _token_callback(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    return resolve_token(value)
 
 
 token_option = click.option(
@@ -91,15 +91,15 @@ token_option = click.option(
 )
 
 
-def run_async(coro: Any) -> Any:
-    try:
-        return asyncio.run(coro)
-    except CboxError as exc:
-        fail(str(exc), EXIT_CLIENT)
-
-
 @click.group(cls=DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="cbox")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="Show the version and exit.",
+)
 def cli() -> None:
     """claude-box: run Claude Code in a fresh, limited Docker container per task."""
 
@@ -158,54 +158,8 @@ def run(
             spec[key] = value
     if workspace is not None:
         spec["workspace"] = str(workspace.resolve())
-    sys.exit(run_async(_run(server, token, spec, detach, as_json)))
-
-
-async def _run(
-    server: str, token: str | None, spec: dict[str, Any], detach: bool, as_json: bool
-) -> int:
-    async with Client(server, token) as client:
-        task = await client.submit(spec)
-        if detach:
-            click.echo(task["id"])
-            return 0
-        return await _follow(client, task["id"], as_json=as_json, stop_on_interrupt=True)
-
-
-async def _follow(client: Client, task_id: str, *, as_json: bool, stop_on_interrupt: bool) -> int:
-    out = render.console()
-    follow = asyncio.ensure_future(_stream(client, task_id, out, as_json))
-    loop = asyncio.get_running_loop()
-    import signal
-
-    loop.add_signal_handler(signal.SIGINT, follow.cancel)
-    try:
-        return await follow
-    except asyncio.CancelledError:
-        if stop_on_interrupt:
-            try:
-                await client.stop(task_id)
-                render.console(stderr=True).print(
-                    f"cbox: interrupted; stopped task {task_id}", markup=False
-                )
-            except ClientError as exc:
-                render.console(stderr=True).print(
-                    f"cbox: interrupted; could not stop task {task_id}: {exc}", markup=False
-                )
-        return EXIT_INTERRUPTED
-    finally:
-        loop.remove_signal_handler(signal.SIGINT)
-
-
-async def _stream(client: Client, task_id: str, out: Any, as_json: bool) -> int:
-    state = None
-    async for event in client.events(task_id):
-        render.render_event(out, event, as_json=as_json)
-        if event.type == "done":
-            state = event.data.get("state")
-    if state is None:
-        state = (await client.get(task_id))["state"]
-    return EXIT.get(str(state), 1)
+    client = BlockingClient(server, token)
+    finish(call(lambda: run_task(client, spec, detach=detach, as_json=as_json)))
 
 
 @cli.command()
@@ -213,23 +167,18 @@ async def _stream(client: Client, task_id: str, out: Any, as_json: bool) -> int:
 @token_option
 def status(server: str, token: str | None) -> None:
     """What is running and queued."""
-
-    async def go() -> None:
-        async with Client(server, token) as client:
-            body = await client.request("GET", "/status")
-        out = render.console()
-        if body["state"] == "idle" and not body["queued"]:
-            out.print("idle: nothing running, nothing queued")
-            return
-        for task in body["running"]:
-            out.print(f"running  {task['task_id']}  {_short(task['prompt'])}", markup=False)
-        for task in body["queued"]:
-            out.print(
-                f"queued#{task['queue_position']} {task['task_id']}  {_short(task['prompt'])}",
-                markup=False,
-            )
-
-    run_async(go())
+    body = call(lambda: BlockingClient(server, token).request("GET", "/status"))
+    out = render.console()
+    if body["state"] == "idle" and not body["queued"]:
+        out.print("idle: nothing running, nothing queued")
+        return
+    for task in body["running"]:
+        out.print(f"running  {task['task_id']}  {_short(task['prompt'])}", markup=False)
+    for task in body["queued"]:
+        out.print(
+            f"queued#{task['queue_position']} {task['task_id']}  {_short(task['prompt'])}",
+            markup=False,
+        )
 
 
 def _short(text: str, width: int = 70) -> str:
@@ -243,17 +192,13 @@ def _short(text: str, width: int = 70) -> str:
 @token_option
 def stop(task_id: str | None, server: str, token: str | None) -> None:
     """Stop one task, or every running task when no ID is given."""
-
-    async def go() -> None:
-        async with Client(server, token) as client:
-            if task_id:
-                task = await client.stop(task_id)
-                click.echo(f"stopping {task['id']} (was {task['state']})")
-            else:
-                body = await client.request("POST", "/stop")
-                click.echo(body["message"])
-
-    run_async(go())
+    client = BlockingClient(server, token)
+    if task_id:
+        task = call(lambda: client.stop(task_id))
+        click.echo(f"stopping {task['id']} (was {task['state']})")
+    else:
+        body = call(lambda: client.request("POST", "/stop"))
+        click.echo(body["message"])
 
 
 @cli.command()
@@ -263,45 +208,34 @@ def stop(task_id: str | None, server: str, token: str | None) -> None:
 @token_option
 def history(limit: int, as_json: bool, server: str, token: str | None) -> None:
     """Recent tasks, newest first."""
+    tasks = call(lambda: BlockingClient(server, token).request("GET", f"/history?limit={limit}"))
+    if as_json:
+        import json
 
-    async def go() -> None:
-        async with Client(server, token) as client:
-            tasks = await client.request("GET", "/history", params={"limit": limit})
-        if as_json:
-            import json
-
-            click.echo(json.dumps(tasks, indent=2))
-        elif not tasks:
-            click.echo("no tasks yet")
-        else:
-            render.console().print(render.tasks_table(tasks))
-
-    run_async(go())
+        click.echo(json.dumps(tasks, indent=2))
+    elif not tasks:
+        click.echo("no tasks yet")
+    else:
+        render.console().print(render.tasks_table(tasks))
 
 
 @cli.command()
 @click.argument("task_id")
-@click.option("--follow", "-f", is_flag=True, help="Keep following until the task ends.")
+@click.option("--follow", "-f", "follow_", is_flag=True, help="Keep following until the task ends.")
 @click.option("--json", "as_json", is_flag=True, help="Print events as JSON lines.")
 @server_option
 @token_option
-def logs(task_id: str, follow: bool, as_json: bool, server: str, token: str | None) -> None:
+def logs(task_id: str, follow_: bool, as_json: bool, server: str, token: str | None) -> None:
     """Replay a task's events; with -f, follow it live until it ends."""
+    client = BlockingClient(server, token)
 
-    async def go() -> int:
-        async with Client(server, token) as client:
-            task = await client.get(task_id)
-            if follow or task["state"] not in ("queued", "running"):
-                return await _follow(client, task_id, as_json=as_json, stop_on_interrupt=False)
-            out = render.console()
-            last = task.get("last_seq", 0)
-            async for event in client.events(task_id):
-                render.render_event(out, event, as_json=as_json)
-                if event.id is not None and event.id >= last:
-                    break
-            return 0
+    def go() -> int:
+        task = client.get(task_id)
+        if follow_ or task["state"] not in ("queued", "running"):
+            return follow(client, task_id, as_json=as_json, stop_on_interrupt=False)
+        return replay(client, task_id, task.get("last_seq", 0), as_json=as_json)
 
-    sys.exit(run_async(go()))
+    finish(call(go))
 
 
 @cli.group(invoke_without_command=True)
@@ -311,64 +245,52 @@ def logs(task_id: str, follow: bool, as_json: bool, server: str, token: str | No
 @click.pass_context
 def sessions(ctx: click.Context, server: str, token: str | None, as_json: bool) -> None:
     """Named conversations: list them (default), show or delete one."""
-    ctx.obj = (server, token)
+    ctx.obj = BlockingClient(server, token)
     if ctx.invoked_subcommand is not None:
         return
+    body = call(lambda: ctx.obj.request("GET", "/sessions"))
+    if as_json:
+        import json
 
-    async def go() -> None:
-        async with Client(server, token) as client:
-            body = await client.request("GET", "/sessions")
-        if as_json:
-            import json
-
-            click.echo(json.dumps(body["sessions"], indent=2))
-        elif not body["sessions"]:
-            click.echo("no sessions yet")
-        else:
-            render.console().print(render.sessions_table(body["sessions"]))
-
-    run_async(go())
+        click.echo(json.dumps(body["sessions"], indent=2))
+    elif not body["sessions"]:
+        click.echo("no sessions yet")
+    else:
+        render.console().print(render.sessions_table(body["sessions"]))
 
 
 @sessions.command("show")
 @click.argument("name")
 @click.pass_obj
-def sessions_show(obj: tuple[str, str | None], name: str) -> None:
+def sessions_show(client: BlockingClient, name: str) -> None:
     """A session and its tasks, oldest first."""
-
-    async def go() -> None:
-        async with Client(*obj) as client:
-            body = await client.request("GET", f"/sessions/{name}")
-        out = render.console()
-        out.print(
-            f"session {body['id']}  volume {body['volume']}  "
-            f"claude session {body.get('claude_session_id') or '-'}",
-            markup=False,
-        )
-        if body["tasks"]:
-            out.print(render.tasks_table(body["tasks"]))
-
-    run_async(go())
+    body = call(lambda: client.request("GET", f"/sessions/{name}"))
+    out = render.console()
+    out.print(
+        f"session {body['id']}  volume {body['volume']}  "
+        f"claude session {body.get('claude_session_id') or '-'}",
+        markup=False,
+    )
+    if body["tasks"]:
+        out.print(render.tasks_table(body["tasks"]))
 
 
 @sessions.command("delete")
 @click.argument("name")
 @click.pass_obj
-def sessions_delete(obj: tuple[str, str | None], name: str) -> None:
+def sessions_delete(client: BlockingClient, name: str) -> None:
     """Delete a session and its volume (refused while one of its tasks is active)."""
-
-    async def go() -> None:
-        async with Client(*obj) as client:
-            body = await client.request("DELETE", f"/sessions/{name}")
-        click.echo(f"deleted session {body['deleted']} (volume {body['volume']})")
-
-    run_async(go())
+    body = call(lambda: client.request("DELETE", f"/sessions/{name}"))
+    click.echo(f"deleted session {body['deleted']} (volume {body['volume']})")
 
 
 @cli.command()
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def serve(verbose: bool) -> None:
     """Run the orchestrator (settings from the environment; see README)."""
+    import asyncio
+    import logging
+
     from cbox.cli.serve import serve as serve_forever
 
     logging.basicConfig(
@@ -421,6 +343,8 @@ def image_build(
     force: bool,
 ) -> None:
     """Build the sandbox image; does nothing when it is up to date."""
+    import asyncio
+
     from cbox import image as images
 
     settings = load_settings()
@@ -466,6 +390,8 @@ def image_build(
 @server_option
 def doctor(server: str) -> None:
     """Check each prerequisite and say how to fix what fails."""
+    import asyncio
+
     from cbox.cli.doctor import run_checks
 
     sys.exit(asyncio.run(run_checks(load_settings(), server)))
@@ -500,8 +426,5 @@ def worker() -> None:
     """Workers that feed an issue tracker's backlog to the orchestrator."""
 
 
-def main() -> None:
-    try:
-        cli(prog_name="cbox")
-    except KeyboardInterrupt:
-        sys.exit(EXIT_INTERRUPTED)
+def main(args: list[str] | None = None) -> None:
+    cli(args, prog_name="cbox")

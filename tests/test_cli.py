@@ -16,6 +16,7 @@ import pytest
 from aiohttp import web
 
 from cbox.cli.blocking_client import BlockingClient
+from cbox.cli.defaults import resolve_token, token_file
 from cbox.cli.main import COMMANDS, parse_run
 from cbox.cli.render import EventPrinter, event_line
 from cbox.cli.sse import SseEvent
@@ -411,3 +412,17 @@ async def test_blocking_client_errors_are_one_clear_line(canned: CannedServer) -
         await asyncio.to_thread(BlockingClient("http://127.0.0.1:9").get, "t")
     with pytest.raises(ClientError, match=r"^request to localhost:8080/status failed"):
         await asyncio.to_thread(BlockingClient("localhost:8080").request, "GET", "/status")
+
+
+def test_cli_reads_the_token_file_the_server_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cbox.auth import default_token_file, ensure_token
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert token_file() == str(default_token_file())
+    assert resolve_token(None) is None
+    token, created = ensure_token(default_token_file())
+    assert created
+    assert resolve_token(None) == token
+    assert resolve_token("explicit") == "explicit"

@@ -47,6 +47,9 @@ def follow(client: BlockingClient, task_id: str, *, as_json: bool, stop_on_inter
     task when `stop_on_interrupt`; a second Ctrl-C while stopping is ignored.
     """
     printer = EventPrinter(as_json=as_json)
+    # Even when started with SIGINT ignored (`cbox run ... &` in a script), as the
+    # asyncio client's handler did.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         state = None
         for event in client.events(task_id):

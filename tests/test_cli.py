@@ -426,3 +426,14 @@ def test_cli_reads_the_token_file_the_server_writes(
     assert created
     assert resolve_token(None) == token
     assert resolve_token("explicit") == "explicit"
+
+
+async def test_version_matches_the_installed_metadata() -> None:
+    from importlib.metadata import version
+
+    from cbox import _version_from_dist_info
+
+    expected = version("claude-box")
+    assert _version_from_dist_info() == expected
+    code, out, _ = await cbox("http://127.0.0.1:9", "--version")
+    assert (code, out) == (0, f"cbox, version {expected}\n")

@@ -1,7 +1,7 @@
 """The `cbox` command line, as click commands.
 
 `cbox.cli.main` runs the common `cbox run` without importing this module
-(click and the command tree cost ~25 ms); everything else comes here. Exit
+(click and the command tree cost ~50 ms); everything else comes here. Exit
 codes are listed in `cbox.cli.follow`.
 """
 

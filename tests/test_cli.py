@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import signal
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiohttp import web
 
+from cbox.cli.blocking_client import BlockingClient
+from cbox.cli.defaults import resolve_token, token_file
+from cbox.cli.main import COMMANDS, parse_run
+from cbox.cli.render import EventPrinter, event_line
+from cbox.cli.sse import SseEvent
+from cbox.errors import ClientError, ServerUnreachable
 from tests.conftest import WORKSPACE_GID, WORKSPACE_UID
 from tests.fakes.anthropic import FakeAnthropic, Text, ToolUse
 from tests.orch import Orchestrator
@@ -201,3 +211,229 @@ async def test_doctor_reports_each_check(server: Orchestrator) -> None:
     assert "✗ image" in text and "cbox image build" in text
     assert "✗ credential" in text
     assert "✗ server" in text
+
+
+async def test_fast_path_submits_what_click_does(server: Orchestrator, workspace: Path) -> None:
+    # `cbox run` is parsed by cbox.cli.main; `--` before the prompt is one of the
+    # command lines it leaves to click. Both must send the same task.
+    options = [
+        "run", "-d", "--ro", "--policy", "ok", "--priority=3", "--timeout", "50",
+        "--model", "m1", "--max-turns", "2", "--workspace", str(workspace),
+    ]
+    assert parse_run([*options, "same task"]) is not None
+    assert parse_run([*options, "--", "same task"]) is None
+    specs = []
+    for args in ([*options, "same task"], [*options, "--", "same task"]):
+        code, out, err = await cbox(server, *args)
+        assert code == 0, err
+        task = await server.task(out.strip())
+        specs.append({k: v for k, v in task.items() if k in SPEC_FIELDS})
+    assert specs[0] == specs[1]
+    assert specs[0]["priority"] == 3
+    assert specs[0]["read_only"] is True
+    assert specs[0]["workspace"] == str(workspace.resolve())
+
+
+SPEC_FIELDS = {
+    "prompt", "policy", "priority", "timeout_s", "model", "max_turns", "read_only", "workspace",
+}
+
+
+def test_parse_run_leaves_everything_unusual_to_click(tmp_path: Path) -> None:
+    from cbox.cli.app import cli
+
+    assert set(cli.commands) == COMMANDS  # `cbox "prompt"` must know every command name
+    assert parse_run(["run", "--json", "-d", "hi", "--server", "http://h:1"]) == {
+        "as_json": True, "detach": True, "prompt": "hi", "server": "http://h:1",
+    }
+    assert parse_run(["--policy=ok", "bare prompt"]) == {"policy": "ok", "prompt": "bare prompt"}
+    a_file = tmp_path / "f"
+    a_file.write_text("")
+    for args in (
+        [], ["--help"], ["run", "--help"], ["run", "-h", "x"], ["--version"], ["status"],
+        ["run"], ["run", "a", "b"], ["run", "--priority", "high", "x"],
+        ["run", "--timeout", "-1", "x"], ["run", "--policy", "", "x"], ["run", "--policy"],
+        ["run", "--ro=1", "x"], ["run", "-x", "x"], ["run", "-dv", "x"], ["run", "-", "x"],
+        ["run", "--workspace", str(a_file), "x"], ["run", "--", "x"], ["logs", "t"],
+    ):
+        assert parse_run(args) is None, args
+
+
+EVENTS = [
+    SseEvent(1, "start", {"prompt": "p"}),
+    SseEvent(2, "queued", {"position": 2}),
+    SseEvent(3, "running", {"container_id": "abc", "mount_mode": "rw", "branch": "cbox/t"}),
+    SseEvent(4, "output", {"line": "plain text, 42 /paths and [bold]markup[/bold] :smile:"}),
+    SseEvent(5, "output", {"line": "→ Bash ls"}),
+    SseEvent(6, "output", {"line": "bell\x07 back\x08 cr\r vt\x0b ff\x0c esc\x1b[31m ü 日本"}),
+    SseEvent(7, "output", {"line": "tab\tstops\tand 日本\twide"}),
+    SseEvent(8, "output", {"line": "two\nlines  "}),
+    SseEvent(9, "output", {"line": ""}),
+    SseEvent(10, "stderr", {"line": "warn " * 40}),
+    SseEvent(11, "log", {"line": "a log line"}),
+    SseEvent(12, "assistant", {"text": "not shown"}),
+    SseEvent(13, "done", {"state": "failed", "duration_ms": 1234, "exit_code": 3,
+                          "error": "exited with code 3"}),
+]
+
+
+@pytest.mark.parametrize("colour", [False, True])
+@pytest.mark.parametrize("as_json", [False, True])
+def test_event_printer_writes_what_rich_did(
+    colour: bool, as_json: bool, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The printer writes piped output itself; it must be byte for byte rich's."""
+    from rich.console import Console
+    from rich.text import Text
+
+    if colour:
+        monkeypatch.setenv("FORCE_COLOR", "1")
+    else:
+        monkeypatch.delenv("FORCE_COLOR", raising=False)
+    monkeypatch.delenv("TTY_COMPATIBLE", raising=False)
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    printer = EventPrinter(as_json=as_json)
+    for event in EVENTS:
+        printer(event)
+    ours = capsys.readouterr().out
+
+    # What the CLI printed before, through rich (`render_event` of the aiohttp CLI).
+    expected = io.StringIO()
+    console = Console(file=expected, highlight=False, soft_wrap=True, force_terminal=colour)
+    for event in EVENTS:
+        if as_json:
+            console.out(json.dumps({"id": event.id, "type": event.type, "data": event.data}))
+        elif (line := event_line(event)) is not None:
+            console.print(Text(line[0], style=line[1] or ""))
+    assert ours == expected.getvalue()
+    assert ("\x1b[35m→ Bash ls" in ours) == (colour and not as_json)
+
+
+class CannedServer:
+    """A real aiohttp server on loopback, with answers the orchestrator never gives."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, str]] = []
+        self.bodies: list[Any] = []
+        self.drop_first = True
+        self.runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/tasks", self.submit)
+        app.router.add_get("/tasks/{id}/events", self.events)
+        app.router.add_get("/boom", self.boom)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}/"
+
+    async def close(self) -> None:
+        assert self.runner is not None
+        await self.runner.cleanup()
+
+    async def submit(self, request: web.Request) -> web.Response:
+        self.seen.append(dict(request.headers))
+        self.bodies.append(await request.json())
+        return web.json_response({"id": "task_1", "state": "queued"}, status=202)
+
+    async def boom(self, request: web.Request) -> web.Response:
+        return web.Response(status=500, text="kaput\n")
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        self.seen.append(dict(request.headers))
+        task = request.match_info["id"]
+        if task == "nope":
+            return web.json_response({"error": {"message": "no task with id 'nope'"}}, status=404)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)  # chunked: no length
+        if task == "split":
+            stream = (
+                b': keep-alive\n\nid: 1\nevent: output\ndata: {"line": "h\xc3\xa9llo"}\n\n'
+                b'id: 2\r\nevent: output\r\ndata: not json\r\n\r\n'
+                b'id: 3\nevent: done\ndata: {"state": "completed"}\n\n'
+            )
+            for i in range(0, len(stream), 7):  # frames, lines and UTF-8 cut across chunks
+                await response.write(stream[i:i + 7])
+                await asyncio.sleep(0)
+        elif task == "drop" and self.drop_first:
+            self.drop_first = False
+            await response.write(b'id: 1\nevent: output\ndata: {"line": "1"}\n\nid: 2\nevent: out')
+            assert request.transport is not None
+            request.transport.close()  # the connection dies mid-frame
+        else:
+            await response.write(b'id: 2\nevent: done\ndata: {"state": "stopped"}\n\n')
+        return response
+
+
+@pytest.fixture
+async def canned() -> AsyncIterator[CannedServer]:
+    server = CannedServer()
+    await server.start()
+    yield server
+    await server.close()
+
+
+async def test_blocking_client_reads_chunked_sse(canned: CannedServer) -> None:
+    client = BlockingClient(canned.url, "tok")
+    events = await asyncio.to_thread(lambda: list(client.events("split")))
+    assert events == [
+        SseEvent(1, "output", {"line": "héllo"}),
+        SseEvent(2, "output", {"line": "not json"}),
+        SseEvent(3, "done", {"state": "completed"}),
+    ]
+    assert canned.seen[-1]["Authorization"] == "Bearer tok"
+    assert canned.seen[-1]["Last-Event-ID"] == "0"
+    task = await asyncio.to_thread(client.submit, {"prompt": "ü", "priority": 2})
+    assert task == {"id": "task_1", "state": "queued"}
+    assert canned.bodies == [{"prompt": "ü", "priority": 2}]
+
+
+async def test_blocking_client_resumes_after_a_dropped_stream(canned: CannedServer) -> None:
+    client = BlockingClient(canned.url)
+    events = await asyncio.to_thread(lambda: list(client.events("drop")))
+    assert [(e.id, e.type) for e in events] == [(1, "output"), (2, "done")]
+    assert canned.seen[-1]["Last-Event-ID"] == "1"
+    assert "Authorization" not in canned.seen[-1]
+
+
+async def test_blocking_client_errors_are_one_clear_line(canned: CannedServer) -> None:
+    client = BlockingClient(canned.url)
+    with pytest.raises(ClientError, match=r"^HTTP 404: no task with id 'nope'$") as info:
+        await asyncio.to_thread(lambda: list(client.events("nope")))
+    assert info.value.status == 404
+    with pytest.raises(ClientError, match=r"^HTTP 500: kaput$"):
+        await asyncio.to_thread(client.request, "GET", "/boom")
+    with pytest.raises(ServerUnreachable, match=r"^no claude-box server at http://127.0.0.1:9 "):
+        await asyncio.to_thread(BlockingClient("http://127.0.0.1:9").get, "t")
+    with pytest.raises(ClientError, match=r"^request to localhost:8080/status failed"):
+        await asyncio.to_thread(BlockingClient("localhost:8080").request, "GET", "/status")
+
+
+def test_cli_reads_the_token_file_the_server_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cbox.auth import default_token_file, ensure_token
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert token_file() == str(default_token_file())
+    assert resolve_token(None) is None
+    token, created = ensure_token(default_token_file())
+    assert created
+    assert resolve_token(None) == token
+    assert resolve_token("explicit") == "explicit"
+
+
+async def test_version_matches_the_installed_metadata() -> None:
+    from importlib.metadata import version
+
+    from cbox import _version_from_dist_info
+
+    expected = version("claude-box")
+    assert _version_from_dist_info() == expected
+    code, out, _ = await cbox("http://127.0.0.1:9", "--version")
+    assert (code, out) == (0, f"cbox, version {expected}\n")

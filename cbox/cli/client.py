@@ -1,8 +1,9 @@
 """Async HTTP/SSE client of the claude-box API, shared by the CLI and workers.
 
 aiohttp translates into `ClientError` / `ServerUnreachable` here and only here.
-The SSE reader is a small line parser (the format is four field names and a
-blank line); it keeps `Last-Event-ID` and resumes after a dropped connection.
+The event stream keeps `Last-Event-ID` and resumes after a dropped connection.
+The CLI itself uses the stdlib `BlockingClient` (`cbox.cli.blocking_client`),
+which starts in a fraction of aiohttp's import time.
 """
 
 from __future__ import annotations
@@ -10,19 +11,14 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
+from cbox.cli.sse import SseDecoder, SseEvent, error_message
 from cbox.errors import ClientError, ServerUnreachable
 
-
-@dataclass(frozen=True, slots=True)
-class SseEvent:
-    id: int | None
-    type: str
-    data: dict[str, Any]
+__all__ = ["Client", "SseEvent", "parse_sse"]
 
 
 class Client:
@@ -57,7 +53,7 @@ class Client:
             async with self._session.request(method, url, json=json_body, params=params) as resp:
                 text = await resp.text()
                 if resp.status >= 400:
-                    raise ClientError(_error_message(resp.status, text), status=resp.status)
+                    raise ClientError(error_message(resp.status, text), status=resp.status)
                 return resp.status, json.loads(text) if text else None
         except aiohttp.ClientConnectionError as exc:
             raise ServerUnreachable(
@@ -112,7 +108,7 @@ class Client:
             async with self._session.get(url, headers=headers) as resp:
                 if resp.status >= 400:
                     text = await resp.text()
-                    raise ClientError(_error_message(resp.status, text), status=resp.status)
+                    raise ClientError(error_message(resp.status, text), status=resp.status)
                 async for event in parse_sse(resp.content):
                     yield event
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
@@ -120,36 +116,8 @@ class Client:
 
 
 async def parse_sse(stream: aiohttp.StreamReader) -> AsyncIterator[SseEvent]:
-    event_id: int | None = None
-    event_type = "message"
-    data: list[str] = []
+    decoder = SseDecoder()
     async for raw in stream:
-        line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
-        if not line:
-            if data:
-                try:
-                    payload = json.loads("\n".join(data))
-                except ValueError:
-                    payload = {"line": "\n".join(data)}
-                yield SseEvent(event_id, event_type, payload if isinstance(payload, dict) else {})
-            event_id, event_type, data = None, "message", []
-            continue
-        if line.startswith(":"):
-            continue
-        name, _, value = line.partition(":")
-        value = value[1:] if value.startswith(" ") else value
-        if name == "id":
-            event_id = int(value) if value.isdigit() else None
-        elif name == "event":
-            event_type = value
-        elif name == "data":
-            data.append(value)
-
-
-def _error_message(status: int, text: str) -> str:
-    try:
-        body = json.loads(text)
-        message = body["error"]["message"]
-    except (ValueError, KeyError, TypeError):
-        message = text.strip()[:200] or "no details"
-    return f"HTTP {status}: {message}"
+        event = decoder.line(raw)
+        if event is not None:
+            yield event

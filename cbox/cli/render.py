@@ -1,15 +1,27 @@
-"""Turning task events into terminal lines: colour on a TTY, plain text when piped."""
+"""Turning task events into terminal lines: colour on a TTY, plain text when piped.
+
+rich does the colouring, but importing it costs ~30 ms of `cbox run`'s start-up,
+and when the output is not a terminal rich writes nothing but the text itself.
+So `EventPrinter` writes piped output directly, doing the two things rich
+would do to it (drop the control codes rich strips, end each print with a
+newline), and imports rich only when it colours or expands tabs. Messages and
+tables (`fail`, `console`) always go through rich: they are off the hot path.
+"""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+import os
+import sys
 
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
+from cbox.cli.sse import SseEvent
 
-from cbox.cli.client import SseEvent
+TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: see cbox.cli.sse
+if TYPE_CHECKING:
+    from typing import Any, NoReturn, TextIO
+
+    from rich.console import Console
+    from rich.table import Table
 
 STYLE = {
     "queued": "yellow",
@@ -22,9 +34,33 @@ STYLE = {
 }
 
 
+#: What rich's `Text` removes from every string (rich.control.STRIP_CONTROL_CODES):
+#: bell, backspace, vertical tab, form feed, carriage return.
+_STRIP = dict.fromkeys((7, 8, 11, 12, 13))
+#: Variables with which rich treats a stream as a terminal whatever isatty() says.
+_FORCE_TERMINAL = ("FORCE_COLOR", "TTY_COMPATIBLE")
+
+
 def console(stderr: bool = False) -> Console:
+    from rich.console import Console
+
     # highlight=False: rich would otherwise colour numbers and paths in agent text.
     return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    console(stderr=True).print(f"cbox: {message}", markup=False)
+    sys.exit(code)
+
+
+def rich_would_colour(stream: TextIO) -> bool:
+    """Whether rich would treat `stream` as a terminal (rich.console.Console.is_terminal)."""
+    if any(name in os.environ for name in _FORCE_TERMINAL):
+        return True
+    try:
+        return stream.isatty()
+    except ValueError:  # closed
+        return False
 
 
 def format_duration(ms: float | None) -> str:
@@ -58,37 +94,69 @@ def summary_line(done: dict[str, Any]) -> str:
     return line
 
 
-def render_event(out: Console, event: SseEvent, *, as_json: bool) -> None:
-    if as_json:
-        out.out(json.dumps({"id": event.id, "type": event.type, "data": event.data}))
-        return
+class EventPrinter:
+    """Prints a task's events on stdout, one `write` and `flush` per event."""
+
+    def __init__(self, *, as_json: bool) -> None:
+        self.as_json = as_json
+        self.out = sys.stdout
+        self._console: Console | None = None
+        self._plain = not rich_would_colour(self.out)
+
+    def _rich(self) -> Console:
+        if self._console is None:
+            self._console = console()
+        return self._console
+
+    def __call__(self, event: SseEvent) -> None:
+        if self.as_json:
+            # rich would print this unstyled even on a terminal, and JSON escapes
+            # every control code, so it is written as it is.
+            self.out.write(
+                json.dumps({"id": event.id, "type": event.type, "data": event.data}) + "\n"
+            )
+        else:
+            line = event_line(event)
+            if line is None:
+                return
+            text, style = line
+            if self._plain and "\t" not in text:
+                self.out.write(text.translate(_STRIP) + "\n")
+            else:
+                from rich.text import Text
+
+                self._rich().print(Text(text, style=style or ""))
+        self.out.flush()
+
+
+def event_line(event: SseEvent) -> tuple[str, str | None] | None:
+    """The text and rich style an event is shown with; None for events not shown."""
     data = event.data
     if event.type == "output":
         line = str(data.get("line", ""))
-        style = STYLE["tool"] if line.startswith("→") else None
-        out.print(Text(line, style=style or ""))
-    elif event.type == "queued":
-        out.print(Text(f"… queued, position {data.get('position')}", style=STYLE["queued"]))
-    elif event.type == "running":
-        out.print(
-            Text(
-                f"▶ running in container {data.get('container_id')} "
-                f"({data.get('mount_mode')} workspace"
-                + (f", branch {data['branch']}" if data.get("branch") else "")
-                + (f", session {data['session']}" if data.get("session") else "")
-                + ")",
-                style=STYLE["running"],
-            )
+        return line, STYLE["tool"] if line.startswith("→") else None
+    if event.type == "queued":
+        return f"… queued, position {data.get('position')}", STYLE["queued"]
+    if event.type == "running":
+        return (
+            f"▶ running in container {data.get('container_id')} "
+            f"({data.get('mount_mode')} workspace"
+            + (f", branch {data['branch']}" if data.get("branch") else "")
+            + (f", session {data['session']}" if data.get("session") else "")
+            + ")",
+            STYLE["running"],
         )
-    elif event.type in ("stderr", "log"):
-        out.print(Text(str(data.get("line", "")), style=STYLE[event.type]))
-    elif event.type == "done":
-        state = data.get("state")
-        style = STYLE["completed"] if state == "completed" else STYLE["error"]
-        out.print(Text("■ " + summary_line(data), style=style))
+    if event.type in ("stderr", "log"):
+        return str(data.get("line", "")), STYLE[event.type]
+    if event.type == "done":
+        style = STYLE["completed"] if data.get("state") == "completed" else STYLE["error"]
+        return "■ " + summary_line(data), style
+    return None
 
 
 def tasks_table(tasks: list[dict[str, Any]]) -> Table:
+    from rich.table import Table
+
     table = Table(box=None, pad_edge=False, show_edge=False)
     for column in ("ID", "STATE", "DURATION", "COST", "PROMPT"):
         table.add_column(column, no_wrap=column != "PROMPT", overflow="ellipsis")
@@ -107,6 +175,8 @@ def tasks_table(tasks: list[dict[str, Any]]) -> Table:
 
 def sessions_table(sessions: list[dict[str, Any]]) -> Table:
     import datetime
+
+    from rich.table import Table
 
     table = Table(box=None, pad_edge=False, show_edge=False)
     # Names and ids are what users copy into the next command: never cut them.

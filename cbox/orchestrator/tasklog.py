@@ -30,7 +30,7 @@ class TaskLog:
         return len(self.events)
 
     def append(self, type_: str, data: dict[str, Any]) -> Event:
-        event = Event(seq=len(self.events) + 1, task_id=self.task_id, type=type_, data=data)
+        event = Event.of(len(self.events) + 1, self.task_id, type_, data)
         self.events.append(event)
         self.pending.append(event)
         self._wake()

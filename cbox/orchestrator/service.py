@@ -479,23 +479,27 @@ class TaskService:
         assert task.container_id is not None
         skip = task.stderr_consumed if stderr else task.lines_consumed
         n = 0
-        async for line in self.docker.lines(task.container_id, stderr=stderr, follow=follow):
-            n += 1
+        async for lines in self.docker.line_batches(
+            task.container_id, stderr=stderr, follow=follow
+        ):
+            n += len(lines)
             if n <= skip:
                 continue
+            if n - len(lines) < skip:
+                lines = lines[len(lines) - (n - skip) :]
             if stderr:
-                task.stderr_consumed += 1
-                if line.strip():
-                    tlog.append("stderr", {"line": line})
+                task.stderr_consumed += len(lines)
+                for line in lines:
+                    if line.strip():
+                        tlog.append("stderr", {"line": line})
                 continue
-            task.lines_consumed += 1
-            tlog.pending_raw.append(line)
-            self._emit(tlog, run.parser.feed(line))
+            task.lines_consumed += len(lines)
+            tlog.pending_raw += lines
+            self._emit(tlog, run.parser.feed_many(lines))
 
     @staticmethod
-    def _emit(tlog: TaskLog, parsed: list[ParsedEvent]) -> None:
-        for event in parsed:
-            tlog.append(event.type, dict(event.data))
+    def _emit(tlog: TaskLog, parsed: list[ParsedEvent | str]) -> None:
+        tlog.extend(parsed)
 
     async def _complete(self, run: _Run, info: ExitInfo | None) -> None:
         task = run.task

@@ -1,40 +1,64 @@
 """The live event log of one active task: append, fan out, hand over to the store.
 
 While a task is queued or running its whole log lives here, in order, so any
-number of followers read it without touching SQLite; new events wake them
-through one shared `asyncio.Event` that is swapped on every append (a cheap
-broadcast). Appended events also wait in `pending` until the service's
-flusher writes them, with the raw lines they came from, in one transaction.
+number of followers read it without touching SQLite. New events wake them
+through one shared `asyncio.Event`, made only when someone waits and swapped
+on the next append (a cheap broadcast). Appended events also wait in
+`pending` until the service's flusher writes them, with the raw lines they
+came from, in one transaction.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterable
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from cbox.models import Event
+from cbox.orchestrator.streamjson import ParsedEvent
 
 
 class TaskLog:
     def __init__(self, task_id: str, history: Iterable[Event] = ()) -> None:
         self.task_id = task_id
         self.events: list[Event] = list(history)
+        self.last_seq = len(self.events)
         self.pending: list[Event] = []
         self.pending_raw: list[str] = []
         self.closed = False
-        self._changed = asyncio.Event()
-
-    @property
-    def last_seq(self) -> int:
-        return len(self.events)
+        self._changed: asyncio.Event | None = None
 
     def append(self, type_: str, data: dict[str, Any]) -> Event:
-        event = Event.of(len(self.events) + 1, self.task_id, type_, data)
+        self.last_seq += 1
+        event = Event.of(self.last_seq, self.task_id, type_, data)
         self.events.append(event)
         self.pending.append(event)
         self._wake()
         return event
+
+    def extend(self, parsed: Iterable[ParsedEvent | str]) -> None:
+        """Append a parser's events at once; a `str` is a plain `output` line.
+
+        The plain line is the hot path (one per line a command agent prints):
+        its JSON is put together from the one escaped string, with no dict.
+        """
+        task_id, seq, ts = self.task_id, self.last_seq, time.time()
+        new = []
+        for item in parsed:
+            seq += 1
+            if type(item) is str:
+                data_json = '{"line":' + encode_basestring_ascii(item) + "}"
+                new.append(Event(seq, task_id, "output", data_json, ts))
+            else:
+                assert isinstance(item, ParsedEvent)
+                new.append(Event.of(seq, task_id, item.type, item.data, ts))
+        if new:
+            self.last_seq = seq
+            self.events += new
+            self.pending += new
+            self._wake()
 
     def close(self) -> None:
         """No more events will come (the `done` event is in)."""
@@ -42,8 +66,10 @@ class TaskLog:
         self._wake()
 
     def _wake(self) -> None:
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+        changed = self._changed
+        if changed is not None:
+            self._changed = None
+            changed.set()
 
     def take_pending(self) -> tuple[list[Event], list[str]]:
         events, raw = self.pending, self.pending_raw
@@ -52,11 +78,14 @@ class TaskLog:
 
     async def wait(self, after: int, timeout_s: float) -> bool:
         """Wait until there is an event past `after` or the log closes; False on timeout."""
-        changed = self._changed
-        if len(self.events) > after or self.closed:
+        if self.last_seq > after or self.closed:
             return True
+        changed = self._changed
+        if changed is None:
+            changed = self._changed = asyncio.Event()
         try:
-            await asyncio.wait_for(changed.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await changed.wait()
         except TimeoutError:
             return False
         return True

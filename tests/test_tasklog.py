@@ -1,0 +1,49 @@
+"""Tests of `TaskLog`, the in-memory event log of an active task.
+
+Why: every follower and the store read events from here. The fast path for
+plain output lines builds their JSON by hand, so it must match what the
+general path encodes, and seq must stay gap-free however events arrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from cbox.models import Event
+from cbox.orchestrator.streamjson import ParsedEvent
+from cbox.orchestrator.tasklog import TaskLog
+
+LINES = ["plain", 'quote " and \\ backslash', "é ☃ \U0001f600", "\x00\x1b[31mred\t", ""]
+
+
+def test_plain_output_lines_encode_like_any_event() -> None:
+    tlog = TaskLog("task_x")
+    tlog.append("start", {"task_id": "task_x", "prompt": "p"})
+    tlog.extend([*LINES, ParsedEvent("log", {"line": "typed"})])
+    events = tlog.events
+    assert [e.seq for e in events] == list(range(1, len(LINES) + 3))
+    for event, line in zip(events[1:], LINES, strict=False):
+        general = Event.of(event.seq, "task_x", "output", {"line": line})
+        assert (event.type, event.data_json) == ("output", general.data_json)
+        assert event.data == {"line": line}
+        assert event.data_json.isascii()
+    assert (events[-1].type, events[-1].data) == ("log", {"line": "typed"})
+    assert json.loads(events[-1].data_json) == {"line": "typed"}
+    pending, _ = tlog.take_pending()
+    assert pending == events
+    assert tlog.last_seq == len(events)
+
+
+async def test_wait_wakes_every_follower_and_times_out() -> None:
+    tlog = TaskLog("task_x")
+    assert not await tlog.wait(0, 0.01)
+    waiters = [asyncio.create_task(tlog.wait(0, 30)) for _ in range(3)]
+    await asyncio.sleep(0)
+    tlog.extend(["a"])
+    assert await asyncio.gather(*waiters) == [True, True, True]
+    assert await tlog.wait(0, 30)  # already past: no waiting
+    closing = asyncio.create_task(tlog.wait(1, 30))
+    await asyncio.sleep(0)
+    tlog.close()
+    assert await closing

@@ -12,7 +12,7 @@ import json
 
 from cbox.models import Event
 from cbox.orchestrator.streamjson import ParsedEvent
-from cbox.orchestrator.tasklog import TaskLog
+from cbox.orchestrator.tasklog import TAIL_EVENTS, TaskLog
 
 LINES = ["plain", 'quote " and \\ backslash', "é ☃ \U0001f600", "\x00\x1b[31mred\t", ""]
 
@@ -47,3 +47,27 @@ async def test_wait_wakes_every_follower_and_times_out() -> None:
     await asyncio.sleep(0)
     tlog.close()
     assert await closing
+
+
+def test_trim_keeps_a_tail_and_never_drops_what_the_store_lacks() -> None:
+    tlog = TaskLog("task_x")
+    tlog.extend([str(i) for i in range(3 * TAIL_EVENTS)])
+    tlog.trim(stored_seq=100)  # only 100 stored: the rest must stay
+    assert tlog.trimmed == 100
+    assert tlog.since(100, 1)[0].seq == 101
+    tlog.trim(stored_seq=tlog.last_seq)
+    assert (tlog.trimmed, len(tlog.events)) == (2 * TAIL_EVENTS, TAIL_EVENTS)
+    assert [e.seq for e in tlog.since(tlog.last_seq - 2, 10)] == [
+        tlog.last_seq - 1, tlog.last_seq
+    ]
+    tlog.extend(["more"])
+    tlog.trim(stored_seq=tlog.last_seq)  # under twice the tail: nothing to do yet
+    assert len(tlog.events) == TAIL_EVENTS + 1
+
+
+def test_a_recovered_log_starts_at_its_stored_tail() -> None:
+    history = [Event.of(seq, "task_x", "output", {"line": str(seq)}) for seq in range(41, 51)]
+    tlog = TaskLog("task_x", history)
+    assert (tlog.trimmed, tlog.last_seq) == (40, 50)
+    assert tlog.append("log", {"line": "re-adopted"}).seq == 51
+    assert [e.seq for e in tlog.since(45, 3)] == [46, 47, 48]

@@ -43,7 +43,7 @@ from cbox.orchestrator.queue import TaskQueue
 from cbox.orchestrator.sessions import SessionManager, SessionMount
 from cbox.orchestrator.store import Store
 from cbox.orchestrator.streamjson import CommandParser, ParsedEvent, StreamJsonParser
-from cbox.orchestrator.tasklog import TaskLog
+from cbox.orchestrator.tasklog import TAIL_EVENTS, TaskLog
 from cbox.policies import EffectiveLimits, PolicySet
 from cbox.settings import Settings
 
@@ -195,9 +195,16 @@ class TaskService:
         seq = after
         wait_s = keepalive_s if keepalive_s is not None else 3600.0
         while True:
-            while seq < len(tlog.events):
-                batch = tlog.events[seq : seq + BATCH]
-                seq += len(batch)
+            while seq < tlog.last_seq:
+                if seq < tlog.trimmed:  # behind the in-memory tail: the store has it
+                    batch = await self.store.events(
+                        task_id, after=seq, limit=min(STORE_PAGE, tlog.trimmed - seq)
+                    )
+                    if not batch:
+                        raise RuntimeError(f"events {seq + 1}.. of {task_id} are not stored")
+                else:
+                    batch = tlog.since(seq, BATCH)
+                seq = batch[-1].seq
                 yield batch
             if tlog.closed:
                 return
@@ -625,6 +632,8 @@ class TaskService:
                 task.last_seq = tlog.last_seq
                 events, raw = tlog.take_pending()
                 await self.store.append(task, events, raw)
+                if events:
+                    tlog.trim(events[-1].seq)
 
     async def _flush_loop(self) -> None:
         while True:
@@ -671,14 +680,8 @@ class TaskService:
             self._launch(task, adopt=True)
 
     async def _load_events(self, task_id: str) -> list[Event]:
-        events: list[Event] = []
-        while True:
-            page = await self.store.events(
-                task_id, after=events[-1].seq if events else 0, limit=STORE_PAGE
-            )
-            events.extend(page)
-            if len(page) < STORE_PAGE:
-                return events
+        """The newest part of a task's stored log: what its `TaskLog` keeps in memory."""
+        return await self.store.last_events(task_id, limit=TAIL_EVENTS)
 
 
 def _log(tlog: TaskLog, line: str) -> None:

@@ -76,6 +76,7 @@ class Store(Protocol):
     async def active_with_key(self, key: str) -> Task | None: ...
     async def append(self, task: Task, events: Sequence[Event], raw: Sequence[str]) -> None: ...
     async def events(self, task_id: str, *, after: int, limit: int) -> list[Event]: ...
+    async def last_events(self, task_id: str, *, limit: int) -> list[Event]: ...
     async def raw_lines(self, task_id: str, *, after: int, limit: int) -> list[str]: ...
     async def get_meta(self, key: str) -> str | None: ...
     async def set_meta(self, key: str, value: str) -> None: ...
@@ -210,6 +211,16 @@ class SqliteStore:
         ) as cur:
             rows = await cur.fetchall()
         return [Event(r[0], task_id, r[1], r[3], r[2]) for r in rows]
+
+    async def last_events(self, task_id: str, *, limit: int) -> list[Event]:
+        """The newest `limit` events, oldest first (the in-memory tail of a recovered task)."""
+        async with self.db.execute(
+            "SELECT seq, type, ts, data FROM events WHERE task_id = ?"
+            " ORDER BY seq DESC LIMIT ?",
+            (task_id, limit),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [Event(r[0], task_id, r[1], r[3], r[2]) for r in list(rows)[::-1]]
 
     async def raw_lines(self, task_id: str, *, after: int, limit: int) -> list[str]:
         async with self.db.execute(

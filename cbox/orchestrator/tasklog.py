@@ -1,11 +1,15 @@
 """The live event log of one active task: append, fan out, hand over to the store.
 
-While a task is queued or running its whole log lives here, in order, so any
-number of followers read it without touching SQLite. New events wake them
-through one shared `asyncio.Event`, made only when someone waits and swapped
-on the next append (a cheap broadcast). Appended events also wait in
-`pending` until the service's flusher writes them, with the raw lines they
-came from, in one transaction.
+While a task is queued or running the newest part of its log (at least
+`TAIL_EVENTS` events) lives here, in order, so followers that keep up read it
+without touching SQLite; older events are trimmed once the store has them and
+are replayed from there. Keeping every event of a chatty task in memory cost
+~150 MB at 200,000 lines, and CPython does not give that back.
+
+New events wake followers through one shared `asyncio.Event`, made only when
+someone waits and swapped on the next append (a cheap broadcast). Appended
+events also wait in `pending` until the service's flusher writes them, with
+the raw lines they came from, in one transaction.
 """
 
 from __future__ import annotations
@@ -19,12 +23,19 @@ from typing import Any
 from cbox.models import Event
 from cbox.orchestrator.streamjson import ParsedEvent
 
+#: Events kept in memory once the store has them; the log is trimmed back to
+#: this when it reaches twice as many, so trimming costs little per event.
+TAIL_EVENTS = 5000
+
 
 class TaskLog:
     def __init__(self, task_id: str, history: Iterable[Event] = ()) -> None:
+        """`history` is the stored tail of a task's log (all of it, or its newest part)."""
         self.task_id = task_id
         self.events: list[Event] = list(history)
-        self.last_seq = len(self.events)
+        #: seq of `events[0]` minus one: how much of the log is only in the store.
+        self.trimmed = self.events[0].seq - 1 if self.events else 0
+        self.last_seq = self.trimmed + len(self.events)
         self.pending: list[Event] = []
         self.pending_raw: list[str] = []
         self.closed = False
@@ -59,6 +70,20 @@ class TaskLog:
             self.events += new
             self.pending += new
             self._wake()
+
+    def since(self, after: int, limit: int) -> list[Event]:
+        """Up to `limit` events with seq > `after`; `after` must not be before the tail."""
+        start = after - self.trimmed
+        return self.events[start : start + limit]
+
+    def trim(self, stored_seq: int) -> None:
+        """Forget events the store has (seq ≤ `stored_seq`), keeping a tail of them."""
+        if len(self.events) < 2 * TAIL_EVENTS:
+            return
+        drop = min(len(self.events) - TAIL_EVENTS, stored_seq - self.trimmed)
+        if drop > 0:
+            del self.events[:drop]
+            self.trimmed += drop
 
     def close(self) -> None:
         """No more events will come (the `done` event is in)."""

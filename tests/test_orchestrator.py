@@ -6,6 +6,7 @@ import asyncio
 import subprocess
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from cbox.cli.client import SseEvent
@@ -228,6 +229,32 @@ async def test_late_followers_replay_past_the_in_memory_tail(
     assert [e.type for e in events].count("done") == 1
     _, raw = await orch.request("GET", f"/tasks/{task['id']}/raw?limit=100000")
     assert raw == "".join(f"{i}\n" for i in range(1, n + 1))
+
+
+async def test_quiet_task_gets_keepalives_between_events(
+    orchestrator_factory: type[Orchestrator], tmp_path: Path
+) -> None:
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "quiet.toml").write_text(
+        'agent = "command"\ncommand = ["sh", "-c", "echo a; sleep 2; echo b"]\n'
+        'workspace = "ro"\n'
+    )
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    orch = orchestrator_factory(
+        workspace=ws, env={"CBOX_POLICIES_DIR": str(policies), "CBOX_KEEPALIVE_S": "0.2"}
+    )
+    await orch.start()
+    task = await orch.submit("be quiet", policy="quiet")
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(timeout=timeout) as session, session.get(
+        f"{orch.url}/tasks/{task['id']}/events"
+    ) as resp:
+        body = (await resp.read()).decode()
+    between = body[body.index('"line":"a"') : body.index('"line":"b"')]
+    assert ": keep-alive\n\n" in between
+    assert body.rstrip().splitlines()[-2] == "event: done"
 
 
 async def test_unknown_containers_removed_on_start(

@@ -71,3 +71,16 @@ def test_a_recovered_log_starts_at_its_stored_tail() -> None:
     assert (tlog.trimmed, tlog.last_seq) == (40, 50)
     assert tlog.append("log", {"line": "re-adopted"}).seq == 51
     assert [e.seq for e in tlog.since(45, 3)] == [46, 47, 48]
+
+
+async def test_keepalive_deadlines_share_one_timer_at_the_earliest() -> None:
+    """A waiter is never woken later than it asked; it may be woken earlier, with nothing new."""
+    tlog = TaskLog("task_x")
+    patient = asyncio.create_task(tlog.wait(0, 3600))
+    await asyncio.sleep(0)
+    assert await tlog.wait(0, 0.01) is False
+    assert await patient is False  # woken with the other one: no news, so a keep-alive
+    again = asyncio.create_task(tlog.wait(0, 3600))
+    await asyncio.sleep(0)
+    tlog.append("log", {"line": "news"})
+    assert await again is True

@@ -7,7 +7,9 @@ are replayed from there. Keeping every event of a chatty task in memory cost
 ~150 MB at 200,000 lines, and CPython does not give that back.
 
 New events wake followers through one shared `asyncio.Event`, made only when
-someone waits and swapped on the next append (a cheap broadcast). Appended
+someone waits and swapped on the next append (a cheap broadcast). Keep-alive
+deadlines share one timer per log as well, instead of a timeout per wait per
+follower, which with 100 followers cost more than the writes. Appended
 events also wait in `pending` until the service's flusher writes them, with
 the raw lines they came from, in one transaction.
 """
@@ -40,6 +42,7 @@ class TaskLog:
         self.pending_raw: list[str] = []
         self.closed = False
         self._changed: asyncio.Event | None = None
+        self._tick: asyncio.TimerHandle | None = None
 
     def append(self, type_: str, data: dict[str, Any]) -> Event:
         self.last_seq += 1
@@ -95,6 +98,9 @@ class TaskLog:
         if changed is not None:
             self._changed = None
             changed.set()
+        if self._tick is not None:
+            self._tick.cancel()
+            self._tick = None
 
     def take_pending(self) -> tuple[list[Event], list[str]]:
         events, raw = self.pending, self.pending_raw
@@ -102,15 +108,22 @@ class TaskLog:
         return events, raw
 
     async def wait(self, after: int, timeout_s: float) -> bool:
-        """Wait until there is an event past `after` or the log closes; False on timeout."""
+        """Wait until there is an event past `after` or the log closes; False on timeout.
+
+        All waiters are woken together, by an append or by the shared timer,
+        which fires at the earliest deadline any of them asked for: a waiter
+        may be woken early with nothing new (False), never late.
+        """
         if self.last_seq > after or self.closed:
             return True
+        loop = asyncio.get_running_loop()
+        when = loop.time() + timeout_s
+        if self._tick is None or when < self._tick.when():
+            if self._tick is not None:
+                self._tick.cancel()
+            self._tick = loop.call_at(when, self._wake)
         changed = self._changed
         if changed is None:
             changed = self._changed = asyncio.Event()
-        try:
-            async with asyncio.timeout(timeout_s):
-                await changed.wait()
-        except TimeoutError:
-            return False
-        return True
+        await changed.wait()
+        return self.last_seq > after or self.closed

@@ -152,7 +152,8 @@ def table(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     if "events" in r:
         e = r["events"]
         add((f"event throughput, {e['lines']} lines (lines/s)", _fmt(e["cbox_lines_per_s"]),
-             f"{_fmt(e['docker_logs_lines_per_s'])} (logs -f)", f"ratio {e['ratio']:g}",
+             f"{_fmt(e['docker_logs_lines_per_s'])} (logs -f)",
+             f"ratio {e['ratio']:g}, {'complete' if e.get('cbox_complete') else 'INCOMPLETE'}",
              ">= 0.8"))
     for key in ("idle", "idle_after_load"):
         if key in r:

@@ -167,6 +167,9 @@ async def event_throughput(bench: Bench, server: Server, lines: int) -> dict[str
     return {
         "lines": lines,
         "cbox_lines_received": seen.outputs,
+        "cbox_ids_gap_free": seen.ids_gap_free,
+        "cbox_complete": seen.outputs == lines and seen.ids_gap_free
+        and seen.done_state == "completed",
         "cbox_done_state": seen.done_state,
         "cbox_lines_per_s": round(cbox_rate),
         "cbox_s_start_to_last_line": round(cbox_s, 2),

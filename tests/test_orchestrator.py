@@ -6,8 +6,11 @@ import asyncio
 import subprocess
 from pathlib import Path
 
+import aiohttp
 import pytest
 
+from cbox.cli.client import SseEvent
+from cbox.orchestrator.tasklog import TAIL_EVENTS
 from tests.fakes.anthropic import FakeAnthropic, Text, ToolUse
 from tests.orch import FAKE_KEY, Orchestrator
 
@@ -164,6 +167,94 @@ async def test_fifty_thousand_lines_in_order(
     assert lines == [str(n) for n in range(1, 50_001)]
     final = await orch.task(task["id"])
     assert final["state"] == "completed"
+
+
+async def test_late_followers_replay_past_the_in_memory_tail(
+    orchestrator_factory: type[Orchestrator], tmp_path: Path
+) -> None:
+    """An active task keeps only its newest events in memory; the rest replays from SQLite.
+
+    Followers joining late (from 0, from the middle), and a restarted
+    orchestrator that re-adopts the task with only the stored tail loaded,
+    must still see every event once, in order.
+    """
+    n = 3 * TAIL_EVENTS
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "chatty.toml").write_text(
+        'agent = "command"\n'
+        f'command = ["sh", "-c", "seq 1 {n}; sleep 120"]\n'
+        'workspace = "ro"\n'
+    )
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    orch = orchestrator_factory(workspace=ws, env={"CBOX_POLICIES_DIR": str(policies)})
+    await orch.start()
+    task = await orch.submit("print lines, then wait", policy="chatty")
+
+    async def until_last_line_stored() -> None:
+        while True:  # /raw flushes first, so the line is in the store once it is served
+            _, raw = await orch.request("GET", f"/tasks/{task['id']}/raw?after={n - 1}")
+            if str(raw).strip() == str(n):  # `request` decodes the one line as JSON
+                return
+            await asyncio.sleep(0.1)
+
+    async def follow(after: int) -> list[SseEvent]:
+        seen = []
+        async for event in orch.events(task["id"], after=after):
+            seen.append(event)
+            if event.type == "output" and event.data["line"] == str(n):
+                return seen
+        raise AssertionError("the stream ended before the last line")
+
+    def check(events: list[SseEvent], after: int) -> None:
+        assert [e.id for e in events] == list(range(after + 1, after + len(events) + 1))
+        lines = [int(e.data["line"]) for e in events if e.type == "output"]
+        assert lines == list(range(lines[0], n + 1))
+        assert after > 0 or lines[0] == 1
+
+    await asyncio.wait_for(until_last_line_stored(), 120)
+    for after in (0, 3, n - 100):
+        check(await follow(after), after)
+    orch.kill9()
+    await orch.start()
+    for after in (0, n // 2):
+        check(await follow(after), after)
+    await orch.request("POST", f"/tasks/{task['id']}/stop")
+    events = [e async for e in orch.events(task["id"])]
+    assert [e.id for e in events] == list(range(1, len(events) + 1))
+    assert [e.data["line"] for e in events if e.type == "output"] == [
+        str(i) for i in range(1, n + 1)
+    ]
+    assert [e.type for e in events].count("done") == 1
+    _, raw = await orch.request("GET", f"/tasks/{task['id']}/raw?limit=100000")
+    assert raw == "".join(f"{i}\n" for i in range(1, n + 1))
+
+
+async def test_quiet_task_gets_keepalives_between_events(
+    orchestrator_factory: type[Orchestrator], tmp_path: Path
+) -> None:
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "quiet.toml").write_text(
+        'agent = "command"\ncommand = ["sh", "-c", "echo a; sleep 2; echo b"]\n'
+        'workspace = "ro"\n'
+    )
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    orch = orchestrator_factory(
+        workspace=ws, env={"CBOX_POLICIES_DIR": str(policies), "CBOX_KEEPALIVE_S": "0.2"}
+    )
+    await orch.start()
+    task = await orch.submit("be quiet", policy="quiet")
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(timeout=timeout) as session, session.get(
+        f"{orch.url}/tasks/{task['id']}/events"
+    ) as resp:
+        body = (await resp.read()).decode()
+    between = body[body.index('"line":"a"') : body.index('"line":"b"')]
+    assert ": keep-alive\n\n" in between
+    assert body.rstrip().splitlines()[-2] == "event: done"
 
 
 async def test_unknown_containers_removed_on_start(

@@ -286,6 +286,35 @@ def test_result_file_line_is_reported_by_both_parsers() -> None:
     assert command.result == {"answer": 42}
 
 
+BATCH_LINES = [
+    "plain",
+    "  indented\r",
+    "",
+    "   ",
+    "é ünïcode ☃ \x00\x1b[31m",
+    "x" * 9000,
+    '{"event": "output", "data": {"line": "typed"}}',
+    '{"event": "log", "data": {"line": "a log"}}',
+    '  {"event": "shout"}',
+    "{not json",
+    json.dumps({"type": "cbox.result_file", "result": 7}),
+    *GARBAGE[:20],
+]
+
+
+@pytest.mark.parametrize("make", [CommandParser, StreamJsonParser])
+def test_feed_many_is_feed_line_by_line(make: type[CommandParser | StreamJsonParser]) -> None:
+    """The batch path (a plain output line as its bare text) must say what `feed` says."""
+    lines = BATCH_LINES + [line for name in FIXTURES for line in fixture_lines(name)]
+    one, many = make(), make()
+    expected = [event for line in lines for event in one.feed(line)]
+    got = many.feed_many(lines)
+    assert [ParsedEvent("output", {"line": e}) if isinstance(e, str) else e for e in got] == (
+        expected
+    )
+    assert many.result == one.result
+
+
 def test_random_truncations_of_fixture_lines_never_raise(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

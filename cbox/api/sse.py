@@ -8,7 +8,6 @@ itself is a few lines.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -31,11 +30,14 @@ async def open_stream(request: web.Request, status: int = 200) -> web.StreamResp
 
 
 def frame(event: Event) -> bytes:
-    """The event's SSE frame, encoded once however many followers it goes to."""
+    """The event's SSE frame, encoded once however many followers it goes to.
+
+    `data_json` is one line of JSON already (it is what the store keeps), so
+    the frame is put together without encoding the data again.
+    """
     cached = event.sse_frame
     if cached is None:
-        data = json.dumps(event.data, separators=(",", ":"))
-        cached = f"id: {event.seq}\nevent: {event.type}\ndata: {data}\n\n".encode()
+        cached = f"id: {event.seq}\nevent: {event.type}\ndata: {event.data_json}\n\n".encode()
         event.sse_frame = cached
     return cached
 

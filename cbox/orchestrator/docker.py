@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -177,11 +178,13 @@ class DockerBackend:
             with contextlib.suppress(*_ENGINE_ERRORS):
                 await stream.close()
 
-    async def lines(
+    async def line_batches(
         self, container_id: str, *, stderr: bool, follow: bool = True
-    ) -> AsyncIterator[str]:
-        """Yield the container's stdout (or stderr) as lines, from the start.
+    ) -> AsyncIterator[list[str]]:
+        """Yield the container's stdout (or stderr) as lines, from the start, in batches.
 
+        A batch is every complete line of one read from the engine: a chatty
+        container costs the caller one step per read, not one per line.
         Docker keeps the whole log, so reading from the start is also how a
         restarted orchestrator catches up on a container it re-adopts. A
         following stream can end before the container does (the engine drops
@@ -208,18 +211,20 @@ class DockerBackend:
                 frames = _Frames()
                 async for chunk in response.content.iter_any():
                     data = tail + frames.feed(chunk)
-                    if b"\n" not in data:
+                    cut = data.rfind(b"\n")
+                    if cut < 0:
                         tail = data
                         continue
-                    *complete, tail = data.split(b"\n")
-                    for line in complete:
-                        yield line.decode("utf-8", errors="replace")
+                    tail = data[cut + 1 :]
+                    # One decode per read: a newline is never inside a UTF-8
+                    # sequence, so this equals decoding line by line.
+                    yield data[:cut].decode("utf-8", errors="replace").split("\n")
         except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError):
             pass  # a dropped stream: the caller follows again or reads to the end
         except _ENGINE_ERRORS as exc:
             raise _translate(exc, "read logs") from exc
         if tail and not follow:
-            yield tail.decode("utf-8", errors="replace")
+            yield [tail.decode("utf-8", errors="replace")]
 
     async def wait(self, container_id: str) -> ExitInfo:
         try:
@@ -340,21 +345,27 @@ class _Frames:
     """Incremental parser of Docker's multiplexed log stream: payload bytes out."""
 
     def __init__(self) -> None:
-        self._buffer = bytearray()
+        self._buffer = b""
 
     def feed(self, chunk: bytes) -> bytes:
-        buffer = self._buffer
-        buffer += chunk
+        buffer = self._buffer + chunk if self._buffer else chunk
+        view = memoryview(buffer)
         payloads = []
         pos, end = 0, len(buffer)
+        size_at = _FRAME_SIZE.unpack_from
         while end - pos >= 8:
-            size = int.from_bytes(buffer[pos + 4 : pos + 8], "big")
-            if end - pos - 8 < size:
+            (size,) = size_at(buffer, pos + 4)
+            stop = pos + 8 + size
+            if stop > end:
                 break
-            payloads.append(bytes(buffer[pos + 8 : pos + 8 + size]))
-            pos += 8 + size
-        del buffer[:pos]
+            payloads.append(view[pos + 8 : stop])
+            pos = stop
+        self._buffer = buffer[pos:]
         return b"".join(payloads)
+
+
+#: A frame header: stream (1 byte), 3 zero bytes, then the payload size (big endian).
+_FRAME_SIZE = struct.Struct(">I")
 
 
 def bridge_name(task_id: str) -> str:

@@ -51,7 +51,7 @@ from cbox.orchestrator.queue import TaskQueue
 from cbox.orchestrator.sessions import SessionManager, SessionMount
 from cbox.orchestrator.store import Store
 from cbox.orchestrator.streamjson import CommandParser, ParsedEvent, StreamJsonParser
-from cbox.orchestrator.tasklog import TaskLog
+from cbox.orchestrator.tasklog import TAIL_EVENTS, TaskLog
 from cbox.policies import EffectiveLimits, PolicySet
 from cbox.settings import Settings
 
@@ -208,9 +208,16 @@ class TaskService:
         seq = after
         wait_s = keepalive_s if keepalive_s is not None else 3600.0
         while True:
-            while seq < len(tlog.events):
-                batch = tlog.events[seq : seq + BATCH]
-                seq += len(batch)
+            while seq < tlog.last_seq:
+                if seq < tlog.trimmed:  # behind the in-memory tail: the store has it
+                    batch = await self.store.events(
+                        task_id, after=seq, limit=min(STORE_PAGE, tlog.trimmed - seq)
+                    )
+                    if not batch:
+                        raise RuntimeError(f"events {seq + 1}.. of {task_id} are not stored")
+                else:
+                    batch = tlog.since(seq, BATCH)
+                seq = batch[-1].seq
                 yield batch
             if tlog.closed:
                 return
@@ -549,23 +556,27 @@ class TaskService:
         assert task.container_id is not None
         skip = task.stderr_consumed if stderr else task.lines_consumed
         n = 0
-        async for line in self.docker.lines(task.container_id, stderr=stderr, follow=follow):
-            n += 1
+        async for lines in self.docker.line_batches(
+            task.container_id, stderr=stderr, follow=follow
+        ):
+            n += len(lines)
             if n <= skip:
                 continue
+            if n - len(lines) < skip:
+                lines = lines[len(lines) - (n - skip) :]
             if stderr:
-                task.stderr_consumed += 1
-                if line.strip():
-                    tlog.append("stderr", {"line": line})
+                task.stderr_consumed += len(lines)
+                for line in lines:
+                    if line.strip():
+                        tlog.append("stderr", {"line": line})
                 continue
-            task.lines_consumed += 1
-            tlog.pending_raw.append(line)
-            self._emit(tlog, run.parser.feed(line))
+            task.lines_consumed += len(lines)
+            tlog.pending_raw += lines
+            self._emit(tlog, run.parser.feed_many(lines))
 
     @staticmethod
-    def _emit(tlog: TaskLog, parsed: list[ParsedEvent]) -> None:
-        for event in parsed:
-            tlog.append(event.type, dict(event.data))
+    def _emit(tlog: TaskLog, parsed: list[ParsedEvent | str]) -> None:
+        tlog.extend(parsed)
 
     async def _complete(self, run: _Run, info: ExitInfo | None) -> None:
         task = run.task
@@ -694,6 +705,8 @@ class TaskService:
                 task.last_seq = tlog.last_seq
                 events, raw = tlog.take_pending()
                 await self.store.append(task, events, raw)
+                if events:
+                    tlog.trim(events[-1].seq)
 
     async def _flush_loop(self) -> None:
         while True:
@@ -740,14 +753,8 @@ class TaskService:
             self._launch(task, adopt=True)
 
     async def _load_events(self, task_id: str) -> list[Event]:
-        events: list[Event] = []
-        while True:
-            page = await self.store.events(
-                task_id, after=events[-1].seq if events else 0, limit=STORE_PAGE
-            )
-            events.extend(page)
-            if len(page) < STORE_PAGE:
-                return events
+        """The newest part of a task's stored log: what its `TaskLog` keeps in memory."""
+        return await self.store.last_events(task_id, limit=TAIL_EVENTS)
 
 
 def _running(run: _Run, tlog: TaskLog, *, warm: bool = False) -> None:

@@ -14,8 +14,8 @@ log stream exactly where the store left off.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
+from itertools import repeat
 from pathlib import Path
 from typing import Protocol
 
@@ -76,6 +76,7 @@ class Store(Protocol):
     async def active_with_key(self, key: str) -> Task | None: ...
     async def append(self, task: Task, events: Sequence[Event], raw: Sequence[str]) -> None: ...
     async def events(self, task_id: str, *, after: int, limit: int) -> list[Event]: ...
+    async def last_events(self, task_id: str, *, limit: int) -> list[Event]: ...
     async def raw_lines(self, task_id: str, *, after: int, limit: int) -> list[str]: ...
     async def get_meta(self, key: str) -> str | None: ...
     async def set_meta(self, key: str, value: str) -> None: ...
@@ -187,7 +188,7 @@ class SqliteStore:
         # mutating `task` while we write, and the row must match this batch.
         first_raw = task.lines_consumed - len(raw)
         state, data = task.state.value, task.model_dump_json()
-        rows = _event_rows(events)
+        rows = [(e.task_id, e.seq, e.type, e.ts, e.data_json) for e in events]
         await self.db.executemany(
             "INSERT INTO events (task_id, seq, type, ts, data) VALUES (?, ?, ?, ?, ?)",
             rows,
@@ -195,7 +196,7 @@ class SqliteStore:
         if raw:
             await self.db.executemany(
                 "INSERT INTO raw_lines (task_id, n, line) VALUES (?, ?, ?)",
-                [(task.id, first_raw + i + 1, line) for i, line in enumerate(raw)],
+                zip(repeat(task.id), range(first_raw + 1, first_raw + len(raw) + 1), raw),
             )
         await self.db.execute(
             "UPDATE tasks SET state = ?, data = ? WHERE id = ?", (state, data, task.id)
@@ -209,10 +210,17 @@ class SqliteStore:
             (task_id, after, limit),
         ) as cur:
             rows = await cur.fetchall()
-        return [
-            Event(seq=r[0], task_id=task_id, type=r[1], ts=r[2], data=json.loads(r[3]))
-            for r in rows
-        ]
+        return [Event(r[0], task_id, r[1], r[3], r[2]) for r in rows]
+
+    async def last_events(self, task_id: str, *, limit: int) -> list[Event]:
+        """The newest `limit` events, oldest first (the in-memory tail of a recovered task)."""
+        async with self.db.execute(
+            "SELECT seq, type, ts, data FROM events WHERE task_id = ?"
+            " ORDER BY seq DESC LIMIT ?",
+            (task_id, limit),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [Event(r[0], task_id, r[1], r[3], r[2]) for r in list(rows)[::-1]]
 
     async def raw_lines(self, task_id: str, *, after: int, limit: int) -> list[str]:
         async with self.db.execute(
@@ -269,6 +277,3 @@ class SqliteStore:
             rows = await cur.fetchall()
         return [Task.model_validate_json(r[0]) for r in rows]
 
-
-def _event_rows(events: Iterable[Event]) -> list[tuple[str, int, str, float, str]]:
-    return [(e.task_id, e.seq, e.type, e.ts, json.dumps(e.data)) for e in events]

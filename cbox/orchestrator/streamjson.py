@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,6 +108,13 @@ class StreamJsonParser:
         self.result: dict[str, Any] | None = None
         self.file_result: Any = None
 
+    def feed_many(self, lines: Iterable[str]) -> list[ParsedEvent | str]:
+        """Events for several stdout lines, in order (the batch form `TaskLog.extend` takes)."""
+        events: list[ParsedEvent | str] = []
+        for line in lines:
+            events += self.feed(line)
+        return events
+
     def feed(self, line: str) -> list[ParsedEvent]:
         """Events for one stdout line, typed event first, then its `output` lines."""
         text = line.rstrip("\r\n")
@@ -187,6 +195,27 @@ class CommandParser:
 
     def __init__(self) -> None:
         self.result: Any = None
+
+    def feed_many(self, lines: Iterable[str]) -> list[ParsedEvent | str]:
+        """Events for several stdout lines; a plain `output` line comes as its text.
+
+        This is the hot path of a chatty command agent (one event per line),
+        so a line that cannot be an event object skips `feed` and costs no
+        `ParsedEvent` and no dict; `TaskLog.extend` encodes the `str` as
+        `{"line": ...}`, exactly what `feed` would have produced.
+        """
+        events: list[ParsedEvent | str] = []
+        for line in lines:
+            text = line.rstrip("\r\n")
+            stripped = text.lstrip()
+            if stripped.startswith("{"):
+                events += self.feed(line)
+            elif stripped:
+                events.append(
+                    text if len(text) <= MAX_OUTPUT_LINE_CHARS
+                    else _clip(text, MAX_OUTPUT_LINE_CHARS)
+                )
+        return events
 
     def feed(self, line: str) -> list[ParsedEvent]:
         """Events for one stdout line; blank lines yield nothing."""

@@ -1,11 +1,12 @@
 """A deliberately cheap SSE follower, so the client is not what gets measured.
 
 It never builds event objects: it stamps each chunk's arrival with
-`time.time_ns()` and scans the raw bytes (regex over the chunk) for what a
-scenario needs: the arrival of given event types, the number of `output`
-events, and for stamped lines (`<i> <time_ns>` printed in the box) the
-per-line latency. Container and host share the kernel clock, so the
-difference is the whole path from the box's write to this process's read.
+`time.time_ns()`, keeps the chunk, and once the stream has ended scans the
+raw bytes (regex over each chunk) for what a scenario needs: the arrival of
+given event types, the number of `output` events, gap-free ids, and for
+stamped lines (`<i> <time_ns>` printed in the box) the per-line latency.
+Container and host share the kernel clock, so the difference is the whole
+path from the box's write to this process's read.
 """
 
 from __future__ import annotations
@@ -50,11 +51,14 @@ async def read_stream(
     resp: aiohttp.ClientResponse, *, stamped: bool = False,
     watch: tuple[str, ...] = ("start", "running", "output", "done"),
 ) -> Followed:
+    resp.raise_for_status()
+    # Only stamp and keep each chunk while the stream runs; parse afterwards,
+    # so 100 followers in this process do not queue each other's reads (which
+    # would show up as server latency).
+    arrivals = [(time.time_ns(), chunk) async for chunk in resp.content.iter_any()]
     seen = Followed()
     tail = b""
-    resp.raise_for_status()
-    async for chunk in resp.content.iter_any():
-        now = time.time_ns()
+    for now, chunk in arrivals:
         data = tail + chunk
         cut = data.rfind(b"\n\n") + 2
         if cut < 2:
@@ -77,7 +81,6 @@ async def read_stream(
             match = re.search(rb'event: done\ndata: .*?"state":"([a-z_]+)"', body)
             seen.done_state = match.group(1).decode() if match else "?"
     return seen
-
 
 def _check_ids(seen: Followed, body: bytes) -> None:
     """Every frame's `id:` is the previous one plus one, from 1: no gap, no duplicate.

@@ -150,8 +150,8 @@ async def outside_host(image: str) -> AsyncIterator[str]:
     name = f"cbox-outside-{uuid.uuid4().hex[:8]}"
     subprocess.run(["docker", "network", "create", name], check=True, capture_output=True)
     subprocess.run(
-        ["docker", "run", "-d", "--name", name, "--network", name, "--label", f"{TEST_LABEL}={TEST_RUN}",
-         image, "python3", "-m", "http.server", "8000"],
+        ["docker", "run", "-d", "--name", name, "--network", name,
+         "--label", f"{TEST_LABEL}={TEST_RUN}", image, "python3", "-m", "http.server", "8000"],
         check=True, capture_output=True,
     )
     info = json.loads(

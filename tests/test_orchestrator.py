@@ -257,6 +257,34 @@ async def test_quiet_task_gets_keepalives_between_events(
     assert body.rstrip().splitlines()[-2] == "event: done"
 
 
+async def test_interleaved_stdout_and_stderr_each_arrive_whole_and_in_order(
+    orchestrator_factory: type[Orchestrator], tmp_path: Path
+) -> None:
+    """Both streams come demultiplexed from one engine log stream, with their own partial lines."""
+    script = (
+        "for i in $(seq 1 3000); do echo out$i; echo err$i >&2; done; "
+        "printf tail-out; printf tail-err >&2"
+    )
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "both.toml").write_text(
+        f'agent = "command"\ncommand = ["sh", "-c", "{script}"]\nworkspace = "ro"\n'
+    )
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    orch = orchestrator_factory(workspace=ws, env={"CBOX_POLICIES_DIR": str(policies)})
+    await orch.start()
+    task = await orch.submit("both streams", policy="both")
+    events = [e async for e in orch.events(task["id"])]
+    assert [e.id for e in events] == list(range(1, len(events) + 1))
+    out = [e.data["line"] for e in events if e.type == "output"]
+    err = [e.data["line"] for e in events if e.type == "stderr"]
+    assert out == [f"out{i}" for i in range(1, 3001)] + ["tail-out"]
+    assert err == [f"err{i}" for i in range(1, 3001)] + ["tail-err"]
+    _, raw = await orch.request("GET", f"/tasks/{task['id']}/raw")
+    assert raw == "".join(f"out{i}\n" for i in range(1, 3001)) + "tail-out\n"
+
+
 async def test_unknown_containers_removed_on_start(
     orchestrator_factory: type[Orchestrator], workspace: Path, image: str
 ) -> None:

@@ -178,20 +178,25 @@ class DockerBackend:
             with contextlib.suppress(*_ENGINE_ERRORS):
                 await stream.close()
 
-    async def line_batches(
-        self, container_id: str, *, stderr: bool, follow: bool = True
-    ) -> AsyncIterator[list[str]]:
-        """Yield the container's stdout (or stderr) as lines, from the start, in batches.
+    async def log_lines(
+        self, container_id: str, *, follow: bool = True
+    ) -> AsyncIterator[tuple[list[str], list[str]]]:
+        """Yield the container's (stdout, stderr) lines from the start, one pair per read.
 
-        A batch is every complete line of one read from the engine: a chatty
-        container costs the caller one step per read, not one per line.
+        Both streams come through one engine log stream: the json-file
+        driver decodes the whole log file for every follower, whatever
+        stream it asked for, so a second follower for stderr doubled the
+        engine's work during a flood of output (and it shares our 2 cores).
+        A pair holds every complete line of one read, so a chatty container
+        costs the caller one step per read, not one per line.
+
         Docker keeps the whole log, so reading from the start is also how a
         restarted orchestrator catches up on a container it re-adopts. A
         following stream can end before the container does (the engine drops
         it under load), so when following, a trailing piece without a newline
         is held back: it may be half a line. The caller checks whether the
         container ended and reads once more without following, which yields
-        everything, the last unterminated line too.
+        everything, the last unterminated lines too.
 
         The multiplexed stream (task containers have no TTY: 8-byte headers,
         then a payload; the json-file driver sends one frame per line) is
@@ -199,9 +204,8 @@ class DockerBackend:
         `log()`, which awaits twice per frame: at 200,000 lines that was a
         sixth of the orchestrator's CPU.
         """
-        params = {"stdout": "0" if stderr else "1", "stderr": "1" if stderr else "0",
-                  "follow": "1" if follow else "0"}
-        tail = b""
+        params = {"stdout": "1", "stderr": "1", "follow": "1" if follow else "0"}
+        out, err = _Lines(), _Lines()
         try:
             async with self.docker._query(
                 f"containers/{container_id}/logs",
@@ -210,21 +214,16 @@ class DockerBackend:
             ) as response:
                 frames = _Frames()
                 async for chunk in response.content.iter_any():
-                    data = tail + frames.feed(chunk)
-                    cut = data.rfind(b"\n")
-                    if cut < 0:
-                        tail = data
-                        continue
-                    tail = data[cut + 1 :]
-                    # One decode per read: a newline is never inside a UTF-8
-                    # sequence, so this equals decoding line by line.
-                    yield data[:cut].decode("utf-8", errors="replace").split("\n")
+                    stdout, stderr = frames.feed(chunk)
+                    lines = out.feed(stdout), err.feed(stderr)
+                    if lines[0] or lines[1]:
+                        yield lines
         except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError):
             pass  # a dropped stream: the caller follows again or reads to the end
         except _ENGINE_ERRORS as exc:
             raise _translate(exc, "read logs") from exc
-        if tail and not follow:
-            yield [tail.decode("utf-8", errors="replace")]
+        if not follow and (out.tail or err.tail):
+            yield out.rest(), err.rest()
 
     async def wait(self, container_id: str) -> ExitInfo:
         try:
@@ -342,30 +341,56 @@ class DockerBackend:
 
 
 class _Frames:
-    """Incremental parser of Docker's multiplexed log stream: payload bytes out."""
+    """Incremental parser of Docker's multiplexed log stream: (stdout, stderr) bytes out."""
 
     def __init__(self) -> None:
         self._buffer = b""
 
-    def feed(self, chunk: bytes) -> bytes:
+    def feed(self, chunk: bytes) -> tuple[bytes, bytes]:
         buffer = self._buffer + chunk if self._buffer else chunk
         view = memoryview(buffer)
-        payloads = []
+        stdout: list[memoryview] = []
+        stderr: list[memoryview] = []
         pos, end = 0, len(buffer)
-        size_at = _FRAME_SIZE.unpack_from
+        header_at = _FRAME_HEADER.unpack_from
         while end - pos >= 8:
-            (size,) = size_at(buffer, pos + 4)
+            stream, size = header_at(buffer, pos)
             stop = pos + 8 + size
             if stop > end:
                 break
-            payloads.append(view[pos + 8 : stop])
+            (stderr if stream == 2 else stdout).append(view[pos + 8 : stop])
             pos = stop
         self._buffer = buffer[pos:]
-        return b"".join(payloads)
+        return b"".join(stdout), b"".join(stderr)
 
 
-#: A frame header: stream (1 byte), 3 zero bytes, then the payload size (big endian).
-_FRAME_SIZE = struct.Struct(">I")
+#: A frame header: stream (1 stdout, 2 stderr), 3 zero bytes, payload size (big endian).
+_FRAME_HEADER = struct.Struct(">B3xI")
+
+
+class _Lines:
+    """Cut one stream's payload bytes into lines; a trailing partial line waits for more."""
+
+    def __init__(self) -> None:
+        self.tail = b""
+
+    def feed(self, data: bytes) -> list[str]:
+        if not data:
+            return []
+        data = self.tail + data
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            self.tail = data
+            return []
+        self.tail = data[cut + 1 :]
+        # One decode per read: a newline is never inside a UTF-8 sequence, so
+        # this equals decoding line by line.
+        return data[:cut].decode("utf-8", errors="replace").split("\n")
+
+    def rest(self) -> list[str]:
+        """The unterminated last line, once the stream is known to be complete."""
+        tail, self.tail = self.tail, b""
+        return [tail.decode("utf-8", errors="replace")] if tail else []
 
 
 def bridge_name(task_id: str) -> str:

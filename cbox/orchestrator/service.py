@@ -534,45 +534,44 @@ class TaskService:
         await self._complete(run, info)
 
     async def _consume(self, run: _Run, tlog: TaskLog, *, stderr: bool) -> None:
-        """Turn one of the container's streams into events, every line exactly once.
+        """Turn the container's output into events, every line exactly once.
 
+        The stdout consumer reads both streams, from one engine log stream
+        (see `DockerBackend.log_lines`); the stderr one has nothing to do.
         Docker's follow stream can end before the container does; then we
         follow again, skipping what was consumed. Once the container has
         ended, one last read without following picks up anything left.
         """
+        if stderr:
+            return
         task = run.task
         assert task.container_id is not None
         while True:
-            await self._consume_pass(run, tlog, stderr=stderr, follow=True)
+            await self._consume_pass(run, tlog, follow=True)
             if not (await self.docker.inspect(task.container_id)).running:
                 break
             log.info("log stream of %s ended early; following again", task.id)
-        await self._consume_pass(run, tlog, stderr=stderr, follow=False)
+        await self._consume_pass(run, tlog, follow=False)
 
-    async def _consume_pass(
-        self, run: _Run, tlog: TaskLog, *, stderr: bool, follow: bool
-    ) -> None:
+    async def _consume_pass(self, run: _Run, tlog: TaskLog, *, follow: bool) -> None:
         task = run.task
         assert task.container_id is not None
-        skip = task.stderr_consumed if stderr else task.lines_consumed
-        n = 0
-        async for lines in self.docker.line_batches(
-            task.container_id, stderr=stderr, follow=follow
-        ):
-            n += len(lines)
-            if n <= skip:
-                continue
-            if n - len(lines) < skip:
-                lines = lines[len(lines) - (n - skip) :]
-            if stderr:
-                task.stderr_consumed += len(lines)
-                for line in lines:
+        skip_out, skip_err = task.lines_consumed, task.stderr_consumed
+        n_out = n_err = 0
+        async for out, err in self.docker.log_lines(task.container_id, follow=follow):
+            n_out += len(out)
+            n_err += len(err)
+            if n_err > skip_err and err:
+                err = err[max(0, len(err) - (n_err - skip_err)) :]
+                task.stderr_consumed += len(err)
+                for line in err:
                     if line.strip():
                         tlog.append("stderr", {"line": line})
-                continue
-            task.lines_consumed += len(lines)
-            tlog.pending_raw += lines
-            self._emit(tlog, run.parser.feed_many(lines))
+            if n_out > skip_out and out:
+                out = out[max(0, len(out) - (n_out - skip_out)) :]
+                task.lines_consumed += len(out)
+                tlog.pending_raw += out
+                self._emit(tlog, run.parser.feed_many(out))
 
     @staticmethod
     def _emit(tlog: TaskLog, parsed: list[ParsedEvent | str]) -> None:

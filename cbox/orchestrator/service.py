@@ -508,42 +508,35 @@ class TaskService:
         tlog = self._logs[task.id]
         started = task.started_at or time.time()
         remaining = started + run.limits.timeout_s - time.time()
-        out = asyncio.create_task(self._consume(run, tlog, stderr=False))
-        err = asyncio.create_task(self._consume(run, tlog, stderr=True))
-        both = asyncio.gather(out, err)
+        reader = asyncio.create_task(self._consume(run, tlog))
         info: ExitInfo | None = None
         try:
             try:
-                await asyncio.wait_for(asyncio.shield(both), max(remaining, 0.001))
+                await asyncio.wait_for(asyncio.shield(reader), max(remaining, 0.001))
             except TimeoutError:
                 run.timed_out = True
                 tlog.append("log", {"line": f"timed out after {run.limits.timeout_s:g}s"})
                 await self.docker.stop(cid, self.settings.stop_grace_s)
-                await both
+                await reader
             info = await self.docker.wait(cid)
         except DockerError as exc:
             task.outcome.error = str(exc)
-            await _cancel(out, err)
+            await _cancel(reader)
         except asyncio.CancelledError:
             # The orchestrator is closing: stop reading, leave the container
             # running for the next start to adopt.
-            await _cancel(out, err)
-            with contextlib.suppress(BaseException):
-                await both
+            await _cancel(reader)
             raise
         await self._complete(run, info)
 
-    async def _consume(self, run: _Run, tlog: TaskLog, *, stderr: bool) -> None:
+    async def _consume(self, run: _Run, tlog: TaskLog) -> None:
         """Turn the container's output into events, every line exactly once.
 
-        The stdout consumer reads both streams, from one engine log stream
-        (see `DockerBackend.log_lines`); the stderr one has nothing to do.
-        Docker's follow stream can end before the container does; then we
-        follow again, skipping what was consumed. Once the container has
+        Both streams come from one engine log stream (see
+        `DockerBackend.log_lines`). Docker's follow stream can end before the
+        container does; then we follow again, skipping what was consumed. Once the container has
         ended, one last read without following picks up anything left.
         """
-        if stderr:
-            return
         task = run.task
         assert task.container_id is not None
         while True:

@@ -273,6 +273,18 @@ class Server:
         async with aiohttp.ClientSession() as session, session.get(self.url + "/healthz") as resp:
             return int((await resp.json()).get("warm", 0))
 
+    async def steady_pool(self, quiet_s: float = 2.5, timeout_s: float = 20) -> int:
+        """The warm count once it has not changed for `quiet_s`: refills still due (a
+        new server warms its default shape; a take is refilled a second later) are done."""
+        deadline = time.monotonic() + timeout_s
+        count, since = await self.warm(), time.monotonic()
+        while time.monotonic() - since < quiet_s and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            now = await self.warm()
+            if now != count:
+                count, since = now, time.monotonic()
+        return count
+
     async def settle_pool(self, at_least: int, timeout_s: float = 10) -> int:
         """Wait until the warm pool is back to `at_least`, so refilling it (engine work)
         never overlaps a measured run, of either side."""

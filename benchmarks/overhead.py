@@ -148,7 +148,7 @@ async def overhead(bench: Bench, server: Server, reps: int, real_cli: bool) -> d
             cbox: list[tuple[float, dict[str, float], bool]] = []
             bare: list[tuple[float, dict[str, float], bool]] = []
             prompt = f"{MARKER} say hi" if claude else "bench overhead"
-            before = await server.warm()
+            before = await server.steady_pool()
             await _cbox_run(bench, server, policy, prompt)  # warm-up, not measured
             full = await server.settle_pool(before + 1) if pool == "warm" else 0
             for i in range(reps):
@@ -188,7 +188,7 @@ async def latency(bench: Bench, server: Server, reps: int) -> dict[str, Any]:
         await session.get(server.url + "/healthz")  # a warm connection, as a worker has
         # An unmeasured task teaches the warm pool this shape; each measured one
         # starts with the pool full again (refilling is engine work).
-        before = await server.warm()
+        before = await server.steady_pool()
         async with session.post(server.url + "/task",
                                 json={"prompt": "warm-up", "policy": "bench-echo"}) as resp:
             await sse.read_stream(resp)

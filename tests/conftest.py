@@ -19,7 +19,7 @@ import aiodocker
 import pytest
 
 from tests.fakes.anthropic import FakeAnthropic
-from tests.orch import Orchestrator
+from tests.orch import Orchestrator, remove_containers
 from tests.testbed.engine import ensure_engine
 from tests.testbed.images import base_image, sandbox_image
 
@@ -32,12 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _remove_test_containers() -> None:
-    ids = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", f"label={TEST_LABEL}={TEST_RUN}"],
-        capture_output=True, text=True, check=False,
-    ).stdout.split()
-    if ids:
-        subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=False)
+    remove_containers(f"{TEST_LABEL}={TEST_RUN}")
 
 
 def _remove_stale_test_networks() -> None:

@@ -53,6 +53,16 @@ def drop_firewall_chain(instance: str) -> None:
         subprocess.run(["iptables", "-w", *args], capture_output=True, check=False)
 
 
+def remove_containers(label: str) -> None:
+    """Remove every container carrying `label` (`key=value`), running or not."""
+    ids = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label={label}"],
+        capture_output=True, text=True, check=False,
+    ).stdout.split()
+    if ids:
+        subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=False)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -131,12 +141,7 @@ class Orchestrator:
 
     async def destroy(self) -> None:
         await self.stop()
-        ids = subprocess.run(
-            ["docker", "ps", "-aq", "--filter", f"label=dev.cbox.instance={self.instance}"],
-            capture_output=True, text=True, check=False,
-        ).stdout.split()
-        if ids:
-            subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=False)
+        remove_containers(f"dev.cbox.instance={self.instance}")
         nets = subprocess.run(
             ["docker", "network", "ls", "-q", "--filter", self.label_filter],
             capture_output=True, text=True, check=False,

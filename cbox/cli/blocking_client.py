@@ -19,7 +19,7 @@ import json
 import socket
 import time
 
-from cbox.cli.sse import SseDecoder, SseEvent, error_message
+from cbox.cli.sse import MAX_STREAM_FAILURES, SseDecoder, SseEvent, error_message
 from cbox.errors import ClientError, ServerUnreachable
 
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: see cbox.cli.sse
@@ -30,8 +30,6 @@ if TYPE_CHECKING:
 
 CONNECT_TIMEOUT_S = 10.0
 MAX_LINE_BYTES = 65536
-#: Reconnections of an event stream before giving up (about a minute of back-off).
-MAX_STREAM_FAILURES = 30
 #: Path characters sent as they are; anything else is percent-encoded like yarl does.
 _PATH_SAFE = frozenset(
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~/:@!$&'()*+,;=%"

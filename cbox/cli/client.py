@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 
-from cbox.cli.sse import SseDecoder, SseEvent, error_message
+from cbox.cli.sse import MAX_STREAM_FAILURES, SseDecoder, SseEvent, error_message
 from cbox.errors import ClientError, ServerUnreachable
 
 __all__ = ["Client", "SseEvent", "parse_sse"]
@@ -97,7 +97,7 @@ class Client:
                 return
             except ServerUnreachable:
                 failures += 1
-                if failures > 30:
+                if failures > MAX_STREAM_FAILURES:
                     raise
                 await asyncio.sleep(min(2.0, 0.1 * failures))
 

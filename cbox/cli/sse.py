@@ -11,6 +11,10 @@ import json
 
 # Not `from typing import ...`: typing costs ~3 ms of `cbox run`'s start-up.
 # mypy treats any name TYPE_CHECKING as true.
+#: Reconnections of an event stream before giving up (about a minute of back-off);
+#: the same for the blocking and the asyncio client.
+MAX_STREAM_FAILURES = 30
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any

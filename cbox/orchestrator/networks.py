@@ -11,6 +11,7 @@ reused: the running container already holds them.
 from __future__ import annotations
 
 from cbox.models import Task
+from cbox.orchestrator.container import Gateway
 from cbox.orchestrator.docker import LABEL_INSTANCE, LABEL_TASK, DockerBackend, bridge_name
 from cbox.orchestrator.egress import DenialHandler, EgressProxy
 from cbox.orchestrator.firewall import HostFirewall
@@ -84,6 +85,17 @@ class TaskNetworks:
             )
             task.proxy_url = f"http://{ip}:{proxy}"
         await self.firewall.confine(bridge_name(task.id), _door_ports(task), fresh=fresh)
+
+    def gateway_for(self, task: Task) -> Gateway:
+        """How the task's box reaches the model API; `open` must have filled the task."""
+        assert task.gateway_url is not None
+        assert task.gateway_token is not None
+        return Gateway(
+            url=task.gateway_url,
+            token=task.gateway_token,
+            oauth=self.uses_oauth,
+            proxy_url=task.proxy_url,
+        )
 
     def set_budget(self, task: Task, limits: EffectiveLimits) -> None:
         """The task's own budget, for doors opened before the task was known (warm pool)."""

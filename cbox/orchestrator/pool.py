@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 from cbox.errors import CboxError
 from cbox.models import Task, TaskSpec, new_task_id
-from cbox.orchestrator.container import Gateway, Workspace, container_config
+from cbox.orchestrator.container import Workspace, container_config
 from cbox.orchestrator.docker import DockerBackend, wait_quietly
 from cbox.orchestrator.networks import TaskNetworks
 from cbox.policies import EffectiveLimits
@@ -87,7 +87,8 @@ class WarmPool:
         self.networks = networks
         self._shapes: dict[str, Shape] = {}
         self._slots: dict[str, list[Slot]] = {}
-        self._image_ok: dict[str, bool] = {}
+        self._image_ok: set[str] = set()
+        self._image_old: set[str] = set()  # told the log once
         self._wanted = asyncio.Event()
         self._filler: asyncio.Task[None] | None = None
         self._settle_until = 0.0
@@ -200,9 +201,10 @@ class WarmPool:
                     await self.discard(slot)
 
     async def _image_supported(self, image: str) -> bool:
-        known = self._image_ok.get(image)
-        if known is not None:
-            return known
+        """Whether the image has `cbox-await`. Only a yes is remembered: an image
+        rebuilt under the same tag is seen at the shape's next retry."""
+        if image in self._image_ok:
+            return True
         try:
             labels = await self.docker.image_labels(image)
         except CboxError as exc:
@@ -212,10 +214,12 @@ class WarmPool:
             ok = int(labels.get("dev.cbox.image.version", "0")) >= MIN_IMAGE_VERSION
         except ValueError:
             ok = False
-        if not ok:
+        if ok:
+            self._image_ok.add(image)
+        elif image not in self._image_old:
+            self._image_old.add(image)
             log.info("warm pool off for %s: the image predates warm containers "
                      "(rebuild it with `cbox image build`)", image)
-        self._image_ok[image] = ok
         return ok
 
     async def _make(self, key: str, shape: Shape) -> Slot:
@@ -229,8 +233,6 @@ class WarmPool:
         try:
             await self.networks.open(holder, limits)
             assert holder.network is not None
-            assert holder.gateway_url is not None
-            assert holder.gateway_token is not None
             config = container_config(
                 task=holder,
                 limits=limits,
@@ -238,12 +240,7 @@ class WarmPool:
                 image=shape.image,
                 network=holder.network,
                 instance=self.settings.instance,
-                gateway=Gateway(
-                    url=holder.gateway_url,
-                    token=holder.gateway_token,
-                    oauth=self.networks.uses_oauth,
-                    proxy_url=holder.proxy_url,
-                ),
+                gateway=self.networks.gateway_for(holder),
                 passthrough_env=shape.passthrough_env,
                 stop_grace_s=self.settings.stop_grace_s,
                 warm=True,

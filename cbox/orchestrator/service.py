@@ -31,7 +31,6 @@ from cbox.models import (
     new_task_id,
 )
 from cbox.orchestrator.container import (
-    Gateway,
     Workspace,
     container_config,
     pool_key,
@@ -412,8 +411,6 @@ class TaskService:
                 path=Path(task.isolation.copy_path), uid=workspace.uid, gid=workspace.gid
             )
         await self.networks.open(task, run.limits)
-        assert task.gateway_token is not None
-        assert task.gateway_url is not None
         assert task.network is not None
         config = container_config(
             task=task,
@@ -422,12 +419,7 @@ class TaskService:
             image=image,
             network=task.network,
             instance=self.settings.instance,
-            gateway=Gateway(
-                url=task.gateway_url,
-                token=task.gateway_token,
-                oauth=self.networks.uses_oauth,
-                proxy_url=task.proxy_url,
-            ),
+            gateway=self.networks.gateway_for(task),
             passthrough_env=self._passthrough(run.limits),
             stop_grace_s=self.settings.stop_grace_s,
             session=session,
@@ -446,16 +438,14 @@ class TaskService:
         task = run.task
         assert task.container_id is not None
         self.networks.set_budget(task, run.limits)
-        task.state = TaskState.RUNNING
-        task.started_at = time.time()
         try:
             await self.docker.deliver(task.container_id, task_message(task, run.limits))
         except DockerError as exc:
             log.warning("warm container of %s is unusable (%s); starting a new one",
                         task.id, exc)
-            task.state = TaskState.QUEUED
-            task.started_at = None
             return False
+        task.state = TaskState.RUNNING
+        task.started_at = time.time()
         _running(run, tlog, warm=True)
         return True
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import secrets
 import subprocess
 import sys
@@ -31,7 +32,7 @@ import pytest
 from pydantic import Field
 
 from cbox.api import event_types, openapi, params
-from cbox.models import TaskSpec
+from cbox.models import NOT_BLANK, TaskSpec
 from tests.orch import Orchestrator
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -86,6 +87,16 @@ def test_parameters_are_described_with_the_bounds_the_handlers_enforce() -> None
                 param.value(bad)
     prompt = document["components"]["schemas"]["TaskSpec"]["properties"]["prompt"]
     assert (prompt["minLength"], prompt["maxLength"]) == (1, 100_000)
+
+
+def test_not_blank_means_the_same_in_python_and_in_the_description() -> None:
+    """The prompt's pattern is spelt out so every regex engine reads it alike."""
+    for code in range(0x3100):
+        char = chr(code)
+        assert bool(re.search(NOT_BLANK, char)) == (not char.isspace()), hex(code)
+    for prompt in (" \t\n", "\u001c\u3000", "\u00a0"):
+        with pytest.raises(ValueError, match="must not be empty"):
+            TaskSpec(prompt=prompt)
 
 
 def test_readme_event_table_is_the_registry() -> None:
@@ -170,7 +181,9 @@ async def test_schemathesis_finds_no_disagreement(served: Orchestrator, tmp_path
     narrowed = _for_this_deployment(document, served.workspace)
     schema_file.write_text(json.dumps(narrowed))
     command = schemathesis_command(served, schema_file, seed=SEED)
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=420, check=False)
+    proc = subprocess.run(
+        command, capture_output=True, text=True, timeout=420, check=False, cwd=tmp_path
+    )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"$ {' '.join(command)}\n{output}"
     assert "No issues found" in output or "passed" in output, output

@@ -99,6 +99,13 @@ class TaskSpec(BaseModel):
         "at most 64 characters.",
     )
 
+    notify_url: str | None = Field(
+        None,
+        max_length=2000,
+        description="Also send this task's webhook events here (signed with the server's "
+        "CBOX_WEBHOOK_SECRET); must match CBOX_WEBHOOK_ALLOWED_URLS.",
+    )
+
     @field_validator("session")
     @classmethod
     def _session_name(cls, value: str | None) -> str | None:

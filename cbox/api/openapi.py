@@ -9,13 +9,18 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
+from pydantic import BaseModel
 
 from cbox import __version__
 from cbox.models import Isolation, Session, TaskSpec, TaskState
+from cbox.webhooks.models import Delivery, SubscriptionIn
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 _TASK = {"$ref": "#/components/schemas/Task"}
 _SESSION = {"$ref": "#/components/schemas/Session"}
+_WEBHOOK = {"$ref": "#/components/schemas/Webhook"}
+_DELIVERY = {"$ref": "#/components/schemas/WebhookDelivery"}
+_WEBHOOK_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -24,7 +29,7 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 def _errors(*codes: int) -> dict[str, Any]:
     text = {400: "Bad request", 401: "Unauthorized", 403: "Past a policy ceiling",
-            404: "Unknown task or session", 409: "Wrong state", 413: "Body too large",
+            404: "Unknown task, session or webhook", 409: "Wrong state", 413: "Body too large",
             503: "Docker engine or image unavailable"}
     return {str(c): _json(_ERROR, text[c]) for c in codes}
 
@@ -74,6 +79,77 @@ def _task_schema() -> dict[str, Any]:
     return {"type": "object", "properties": props, "required": ["id", "state", "prompt"]}
 
 
+def _component(model: type[BaseModel], schemas: dict[str, Any]) -> dict[str, Any]:
+    """A model's schema with its nested models as components of their own."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas.update(schema.pop("$defs", {}))
+    return schema
+
+
+def _webhook_schemas() -> dict[str, Any]:
+    schemas: dict[str, Any] = {}
+    schemas["WebhookIn"] = _component(SubscriptionIn, schemas)
+    schemas["Webhook"] = _webhook_schema(_component(SubscriptionIn, schemas))
+    schemas["WebhookDelivery"] = _component(Delivery, schemas)
+    return schemas
+
+
+def _webhook_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """A subscription as served: the input's fields without secrets, and its state."""
+    props = schema["properties"]
+    props.pop("secret")
+    props.pop("previous_secret")
+    props["source"] = {"type": "string", "enum": ["api", "file"]}
+    props["created_at"] = {"type": "number"}
+    props["disabled"] = {"type": ["string", "null"],
+                         "description": "Why deliveries stopped (410 Gone); null while active."}
+    props["secret_fingerprint"] = {"type": "string"}
+    props["previous_secret_fingerprint"] = {"type": ["string", "null"]}
+    schema["required"] = ["name", "url", "events", "source"]
+    schema["title"] = "Webhook"
+    schema["description"] = "A webhook subscription as served."
+    schema.pop("additionalProperties", None)
+    return schema
+
+
+def _webhook_paths() -> dict[str, Any]:
+    body = {"required": True, "content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/WebhookIn"}}}}
+    return {
+        "/webhooks": {
+            "get": {"summary": "Webhook subscriptions (secrets are never served)",
+                    "responses": {"200": _json({"type": "object", "properties": {
+                        "webhooks": {"type": "array", "items": _WEBHOOK}}}, "Subscriptions")}},
+            "post": {"summary": "Create or replace a webhook subscription (replacing "
+                     "re-enables a disabled one); the URL must be allowed and reachable",
+                     "requestBody": body,
+                     "responses": {"201": _json(_WEBHOOK, "Created"),
+                                   "200": _json(_WEBHOOK, "Replaced"),
+                                   **_errors(400, 409, 413)}},
+        },
+        "/webhooks/{name}": {
+            "get": {"summary": "One webhook subscription", "parameters": [_WEBHOOK_NAME],
+                    "responses": {"200": _json(_WEBHOOK, "The subscription"),
+                                  **_errors(404)}},
+            "delete": {"summary": "Delete a subscription and cancel its pending deliveries",
+                       "parameters": [_WEBHOOK_NAME],
+                       "responses": {"200": _json({"type": "object"}, "Deleted"),
+                                     **_errors(404, 409)}},
+        },
+        "/webhooks/{name}/deliveries": {"get": {
+            "summary": "The delivery log, newest first (`notify_url` for tasks' own URLs)",
+            "parameters": [_WEBHOOK_NAME,
+                           {"name": "limit", "in": "query", "schema": {"type": "integer"}}],
+            "responses": {"200": _json({"type": "object", "properties": {
+                "deliveries": {"type": "array", "items": _DELIVERY}}}, "Deliveries"),
+                **_errors(400, 404)}}},
+        "/webhooks/{name}/test": {"post": {
+            "summary": "Send a signed webhook.ping now; the delivery says how it went",
+            "parameters": [_WEBHOOK_NAME],
+            "responses": {"200": _json(_DELIVERY, "The ping's delivery"), **_errors(404)}}},
+    }
+
+
 def spec() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
@@ -85,6 +161,7 @@ def spec() -> dict[str, Any]:
                 "Task": _task_schema(),
                 "Session": Session.model_json_schema(),
                 "Isolation": Isolation.model_json_schema(),
+                **_webhook_schemas(),
                 "Error": {
                     "type": "object",
                     "properties": {
@@ -179,6 +256,7 @@ def spec() -> dict[str, Any]:
                                  "responses": {"200": _json({"type": "object"}, "OK")}}},
             "/openapi.json": {"get": {"summary": "This document",
                                       "responses": {"200": _json({"type": "object"}, "OpenAPI")}}},
+            **_webhook_paths(),
         },
     }
 

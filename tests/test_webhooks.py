@@ -24,6 +24,9 @@ pytestmark = [pytest.mark.docker]
 POLICIES = {
     "ok": 'agent = "command"\ncommand = ["sh", "-c", "echo working; echo all good"]\n',
     "bad": 'agent = "command"\ncommand = ["sh", "-c", "echo trying; exit 3"]\n',
+    "quiet": 'agent = "command"\ncommand = ["sh", "-c", "echo start; sleep 3; echo end"]\n',
+    "slow": 'agent = "command"\ncommand = ["sh", "-c", "echo start; sleep 60"]\ntimeout_s = 2\n',
+    "idle": 'agent = "command"\ncommand = ["sh", "-c", "echo start; sleep 60"]\n',
 }
 FAST_RETRIES = "0.002"  # 5 s -> 10 ms, 5 min -> 0.6 s, ...
 
@@ -338,3 +341,37 @@ async def test_bad_subscriptions_get_a_400_naming_the_field(
     assert status == 200 and listed["webhooks"] == []
     status, answer = await orch.request("GET", "/webhooks/nope/deliveries")
     assert status == 404
+
+
+async def test_stalled_timed_out_and_stopped_tasks_are_reported(
+    orchestrator_factory: type[Orchestrator], tmp_path: Path, receivers: list[Receiver]
+) -> None:
+    r = await receiver(receivers)
+    orch = serve(orchestrator_factory, tmp_path, [r.origin], CBOX_WEBHOOK_STALL_S="1")
+    await orch.start()
+    await subscribe(orch, "ops", r.url, r.secrets[0],
+                    ["task.stalled", "task.timed_out", "task.stopped"])
+    quiet = await orch.submit("quiet", policy="quiet")
+    [stalled] = await r.wait_for(1)
+    assert stalled.json["type"] == "task.stalled"
+    assert stalled.json["data"]["id"] == quiet["id"]
+    assert stalled.json["data"]["state"] == "running"
+    assert (await orch.wait_done(quiet["id"]))["state"] == "completed"
+    slow = await orch.submit("slow", policy="slow")
+    assert (await orch.wait_done(slow["id"]))["state"] == "timed_out"
+    idle = await orch.submit("idle", policy="idle")
+    await orch.wait_state(idle["id"], {"running"})
+    await orch.request("POST", f"/tasks/{idle['id']}/stop")
+    await orch.wait_done(idle["id"])
+    n = 3
+    while ("task.stopped", idle["id"]) not in [
+        (g.json["type"], g.json["data"]["id"]) for g in await r.wait_for(n)
+    ]:
+        n += 1
+    got = r.received
+    assert all(all(g.verified.values()) for g in got)
+    seen = [(g.json["type"], g.json["data"]["id"]) for g in got]
+    # One silence is one task.stalled, however long it lasts.
+    assert seen.count(("task.stalled", quiet["id"])) == 1
+    assert ("task.timed_out", slow["id"]) in seen
+    assert ("task.stopped", idle["id"]) in seen

@@ -185,3 +185,17 @@ def test_a_missing_secret_in_the_file_is_named(tmp_path: Path) -> None:
     )
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert f"cbox: webhooks file {path}: field webhook[0].secret: field required" in proc.stderr
+
+
+async def test_one_busy_receiver_cannot_fill_the_batch_of_due_deliveries(tmp_path: Path) -> None:
+    from cbox.webhooks.outbox import Outbox
+
+    outbox = Outbox(tmp_path / "o.db")
+    await outbox.open()
+    rows = [OutboxRow(f"msg_a{n:03}", "a", "http://a/", "task.completed", None, "{}", n)
+            for n in range(300)]
+    rows.append(OutboxRow("msg_b", "b", "http://b/", "task.completed", None, "{}", 500.0))
+    await outbox.enqueue(rows)
+    due = await outbox.due(1000.0, per_receiver=2, limit=200)
+    await outbox.close()
+    assert [d.id for d in due] == ["msg_a000", "msg_a001", "msg_b"]

@@ -213,7 +213,7 @@ class Webhooks:
             self._wake.clear()
             now = time.time()
             try:
-                for due in await self.outbox.due(now, DUE_BATCH):
+                for due in await self.outbox.due(now, per_receiver=limit, limit=DUE_BATCH):
                     key = self._key(due.subscription, due.url)
                     if due.id in self._inflight or self._busy[key] >= limit:
                         continue

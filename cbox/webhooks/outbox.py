@@ -6,12 +6,13 @@ on a connection of its own, so a slow delivery bookkeeping write never sits
 inside a task write. A delivery is `pending` until an attempt gets a 2xx
 (`delivered`), the schedule runs out (`failed`), or its subscription goes
 (`cancelled`); a crash leaves it `pending` with its `next_at`, so the next
-start sends it again with the same id.
+start sends it again with the same id. Ended deliveries are kept for 30 days.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ from cbox.errors import ConfigError
 from cbox.orchestrator.migrations import OutboxRow, insert_outbox, migrate
 from cbox.webhooks.models import Attempt, Delivery, Subscription
 
+#: How long the delivery log keeps deliveries that ended (pruned at start-up).
+KEEP_S = 30 * 86400
 _DELIVERY = (
     "id, subscription, url, event, task_id, status, attempts, next_at, created_at,"
     " finished_at, last_status, last_error, last_latency_ms"
@@ -58,8 +61,22 @@ class Outbox:
             await self._db.execute("PRAGMA journal_mode=WAL")
             await self._db.execute("PRAGMA synchronous=NORMAL")
             await migrate(self._db)
+            await self._prune(time.time() - KEEP_S)
         except (OSError, aiosqlite.Error) as exc:
             raise ConfigError(f"cannot open the database {self.path}: {exc}") from exc
+
+    async def _prune(self, before: float) -> None:
+        """Forget deliveries that ended before `before`, and their attempts."""
+        await self.db.execute(
+            "DELETE FROM webhook_attempts WHERE delivery_id IN (SELECT id FROM"
+            " webhook_deliveries WHERE status != 'pending' AND created_at < ?)",
+            (before,),
+        )
+        await self.db.execute(
+            "DELETE FROM webhook_deliveries WHERE status != 'pending' AND created_at < ?",
+            (before,),
+        )
+        await self.db.commit()
 
     async def close(self) -> None:
         if self._db is not None:
@@ -106,11 +123,19 @@ class Outbox:
         await insert_outbox(self.db, rows, status)
         await self.db.commit()
 
-    async def due(self, now: float, limit: int) -> list[Due]:
+    async def due(self, now: float, *, per_receiver: int, limit: int) -> list[Due]:
+        """The oldest due deliveries, at most `per_receiver` of each (subscription, URL).
+
+        The cap per receiver is what keeps one that hangs from filling the batch: its
+        in-flight deliveries are still `pending` and due, so they take its places,
+        and the rest of the batch goes to everyone else.
+        """
         async with self.db.execute(
-            "SELECT id, subscription, url, event, body, attempts FROM webhook_deliveries"
-            " WHERE status = 'pending' AND next_at <= ? ORDER BY next_at LIMIT ?",
-            (now, limit),
+            "SELECT id, subscription, url, event, body, attempts FROM ("
+            " SELECT *, ROW_NUMBER() OVER (PARTITION BY subscription, url ORDER BY next_at)"
+            " AS place FROM webhook_deliveries WHERE status = 'pending' AND next_at <= ?"
+            ") WHERE place <= ? ORDER BY next_at LIMIT ?",
+            (now, per_receiver, limit),
         ) as cur:
             rows = await cur.fetchall()
         return [Due(*r) for r in rows]

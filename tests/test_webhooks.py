@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tests.fakes.anthropic import FakeAnthropic, Text, ToolUse
 from tests.orch import Orchestrator, free_port
 from tests.webhook_receiver import Receiver, new_secret
 
@@ -375,3 +376,23 @@ async def test_stalled_timed_out_and_stopped_tasks_are_reported(
     assert seen.count(("task.stalled", quiet["id"])) == 1
     assert ("task.timed_out", slow["id"]) in seen
     assert ("task.stopped", idle["id"]) in seen
+
+
+async def test_a_task_stopped_for_its_budget_is_over_budget_not_stopped(
+    orchestrator_factory: type[Orchestrator], tmp_path: Path, receivers: list[Receiver],
+    fake_api: FakeAnthropic, marker: str,
+) -> None:
+    r = await receiver(receivers)
+    orch = serve(orchestrator_factory, tmp_path, [r.origin])
+    await orch.start()
+    await subscribe(orch, "budget", r.url, r.secrets[0], ["task.over_budget", "task.stopped"])
+    loop = "for i in $(seq 1 1200); do echo tick $i; sleep 0.1; done"
+    fake_api.script(marker, [ToolUse("Bash", {"command": loop, "description": "wait",
+                                              "timeout": 600000}), Text("finished")])
+    task = await orch.submit(f"{marker} loop", max_tokens=50)
+    done = await orch.wait_done(task["id"], timeout_s=120)
+    assert done["state"] == "stopped" and done["error"].startswith("budget exceeded:")
+    [got] = await r.wait_for(1)
+    assert got.json["type"] == "task.over_budget" and all(got.verified.values())
+    assert got.json["data"]["error"].startswith("budget exceeded:")
+    assert [d["event"] for d in await settled(orch, "budget", 1)] == ["task.over_budget"]

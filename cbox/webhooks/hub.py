@@ -275,12 +275,13 @@ class Webhooks:
         status, next_at = "delivered", None
         if result.gone:
             status = "failed"
-            await self._disable(due.subscription, "the receiver answered 410 Gone")
         elif not result.ok:
             delay_s = sender.retry_delay_s(n, self.settings.webhook_retry_scale)
             status = "failed" if delay_s is None else "pending"
             next_at = None if delay_s is None else time.time() + delay_s
         await self.outbox.record(due.id, record, status=status, next_at=next_at)
+        if result.gone:
+            await self._disable(due.subscription, "the receiver answered 410 Gone")
         log.info("webhook %s %s to %s: attempt %d %s", due.id, due.event, due.subscription, n,
                  "ok" if result.ok else result.error)
 

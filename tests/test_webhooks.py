@@ -18,7 +18,7 @@ import pytest
 
 from tests.fakes.anthropic import FakeAnthropic, Text, ToolUse
 from tests.orch import Orchestrator, free_port
-from tests.webhook_receiver import Receiver, new_secret
+from tests.webhook_receiver import Receiver, deliveries, new_secret, settled, subscribe
 
 pytestmark = [pytest.mark.docker]
 
@@ -59,32 +59,6 @@ def serve(factory: type[Orchestrator], tmp_path: Path, allowed: list[str],
              "CBOX_WEBHOOK_RETRY_SCALE": FAST_RETRIES, "CBOX_WEBHOOK_TIMEOUT_S": "3",
              "CBOX_PUBLIC_URL": "https://cbox.example.test", **env},
     )
-
-
-async def subscribe(orch: Orchestrator, name: str, url: str, secret: str, events: list[str],
-                    **extra: Any) -> dict[str, Any]:
-    status, body = await orch.request("POST", "/webhooks", json={
-        "name": name, "url": url, "secret": secret, "events": events, **extra})
-    assert status in (200, 201), body
-    return dict(body)
-
-
-async def deliveries(orch: Orchestrator, name: str) -> list[dict[str, Any]]:
-    status, body = await orch.request("GET", f"/webhooks/{name}/deliveries")
-    assert status == 200, body
-    return list(body["deliveries"])
-
-
-async def settled(orch: Orchestrator, name: str, n: int, timeout_s: float = 60) -> list[
-        dict[str, Any]]:
-    """The subscription's deliveries once `n` exist and none is pending any more."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        found = await deliveries(orch, name)
-        if len(found) >= n and all(d["status"] != "pending" for d in found):
-            return found
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"deliveries of {name} did not settle: {found}")
 
 
 async def test_completed_and_failed_each_deliver_exactly_the_subscribed_event_signed(

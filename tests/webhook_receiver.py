@@ -1,6 +1,6 @@
 """A webhook receiver on loopback for tests: verifies every delivery with the
 `standardwebhooks` library's own `Webhook(secret).verify`, answers as scripted,
-and can hang until released."""
+and can hang until released. Also the API calls the webhook tests share."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from tests.orch import free_port
+from tests.orch import Orchestrator, free_port
 
 
 def new_secret() -> str:
@@ -111,3 +111,29 @@ class Receiver:
                 self._changed.wait_for(lambda: len(self.received) >= n), timeout_s
             )
         return self.received[:n]
+
+
+async def subscribe(orch: Orchestrator, name: str, url: str, secret: str, events: list[str],
+                    **extra: Any) -> dict[str, Any]:
+    status, body = await orch.request("POST", "/webhooks", json={
+        "name": name, "url": url, "secret": secret, "events": events, **extra})
+    assert status in (200, 201), body
+    return dict(body)
+
+
+async def deliveries(orch: Orchestrator, name: str) -> list[dict[str, Any]]:
+    status, body = await orch.request("GET", f"/webhooks/{name}/deliveries")
+    assert status == 200, body
+    return list(body["deliveries"])
+
+
+async def settled(orch: Orchestrator, name: str, n: int, timeout_s: float = 60) -> list[
+        dict[str, Any]]:
+    """The subscription's deliveries once `n` exist and none is pending any more."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = await deliveries(orch, name)
+        if len(found) >= n and all(d["status"] != "pending" for d in found):
+            return found
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"deliveries of {name} did not settle: {found}")

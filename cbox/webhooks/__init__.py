@@ -6,6 +6,7 @@
     payload.py  the delivery body and the size cut
     outbox.py   the durable outbox in the task store's SQLite file
     sender.py   signing (the `standardwebhooks` library), one attempt, the retry schedule
+    stalls.py   the watcher behind `task.stalled`
     hub.py      `Webhooks`: the task service's listener and the delivery loop
 """
 

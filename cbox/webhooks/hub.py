@@ -21,9 +21,10 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
+from yarl import URL
 
 from cbox.errors import ConfigError, Conflict, InvalidRequest, WebhookNotFound
-from cbox.models import Task, TaskSpec, TaskState
+from cbox.models import Task, TaskSpec
 from cbox.orchestrator.migrations import OutboxRow
 from cbox.settings import Settings
 from cbox.webhooks import config, payload, sender
@@ -36,6 +37,7 @@ from cbox.webhooks.models import (
     check_secret,
 )
 from cbox.webhooks.outbox import Due, Outbox
+from cbox.webhooks.stalls import watch
 from cbox.webhooks.urls import Origin, check_reachable, check_url, parse_allowlist
 
 if TYPE_CHECKING:
@@ -137,7 +139,10 @@ class Webhooks:
         self._http = sender.session()
         self._loops = [asyncio.create_task(self._deliver_loop(), name="cbox-webhooks")]
         if self.settings.webhook_stall_s > 0:
-            self._loops.append(asyncio.create_task(self._stall_loop(), name="cbox-stalls"))
+            self._loops.append(asyncio.create_task(
+                watch(service.running, self.settings.webhook_stall_s, self._stalled),
+                name="cbox-stalls",
+            ))
 
     async def close(self) -> None:
         for job in [*self._loops, *self._jobs]:
@@ -201,8 +206,6 @@ class Webhooks:
         if subscription != NOTIFY:
             return subscription
         with contextlib.suppress(ValueError):
-            from yarl import URL
-
             parsed = URL(url)
             return f"{NOTIFY}:{parsed.scheme}://{parsed.host}:{parsed.port}"
         return NOTIFY
@@ -295,35 +298,11 @@ class Webhooks:
         await self.outbox.cancel_pending(name, f"subscription disabled: {reason}")
         log.warning("webhook subscription %r disabled: %s", name, reason)
 
-    async def _stall_loop(self) -> None:
-        """`task.stalled` once per silence of CBOX_WEBHOOK_STALL_S in a running task."""
-        assert self._service is not None
-        stall_s = self.settings.webhook_stall_s
-        seen: dict[str, tuple[int, float, bool]] = {}
-        while True:
-            await asyncio.sleep(min(1.0, stall_s / 4))
-            now = time.monotonic()
-            current: dict[str, tuple[int, float, bool]] = {}
-            for task in self._service.running():
-                if task.state is not TaskState.RUNNING:
-                    continue
-                progress = task.lines_consumed + task.stderr_consumed
-                before = seen.get(task.id)
-                if before is None or before[0] != progress:
-                    current[task.id] = (progress, now, False)
-                    continue
-                _, since, reported = before
-                if not reported and now - since >= stall_s:
-                    reported = True
-                    try:
-                        rows = self._rows(task, EventType.STALLED.value)
-                        if rows:
-                            await self.outbox.enqueue(rows)
-                            self._wake.set()
-                    except Exception:
-                        log.exception("queueing task.stalled for %s failed", task.id)
-                current[task.id] = (progress, since, reported)
-            seen = current
+    async def _stalled(self, task: Task) -> None:
+        rows = self._rows(task, EventType.STALLED.value)
+        if rows:
+            await self.outbox.enqueue(rows)
+            self._wake.set()
 
     # ------------------------------------------------------------------ the API
 

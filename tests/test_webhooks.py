@@ -50,11 +50,11 @@ async def receiver(made: list[Receiver], *script: int | str, secrets: list[str] 
 
 
 def serve(factory: type[Orchestrator], tmp_path: Path, allowed: list[str],
-          **env: str) -> Orchestrator:
+          max_concurrent: int = 2, **env: str) -> Orchestrator:
     ws = tmp_path / "ws"
     ws.mkdir(exist_ok=True)
     return factory(
-        workspace=ws, policies=POLICIES,
+        workspace=ws, policies=POLICIES, max_concurrent=max_concurrent,
         env={"CBOX_WEBHOOK_ALLOWED_URLS": json.dumps(allowed),
              "CBOX_WEBHOOK_RETRY_SCALE": FAST_RETRIES, "CBOX_WEBHOOK_TIMEOUT_S": "3",
              "CBOX_PUBLIC_URL": "https://cbox.example.test", **env},
@@ -376,3 +376,43 @@ async def test_a_task_stopped_for_its_budget_is_over_budget_not_stopped(
     assert got.json["type"] == "task.over_budget" and all(got.verified.values())
     assert got.json["data"]["error"].startswith("budget exceeded:")
     assert [d["event"] for d in await settled(orch, "budget", 1)] == ["task.over_budget"]
+
+
+async def test_subscriptions_from_the_toml_file(
+    orchestrator_factory: type[Orchestrator], tmp_path: Path, receivers: list[Receiver]
+) -> None:
+    r = await receiver(receivers)
+    down = free_port()
+    hooks = tmp_path / "hooks.toml"
+    hooks.write_text(f"""
+[[webhook]]
+name = "ci"
+url = "{r.url}"
+secret = "{r.secrets[0]}"
+events = ["task.failed"]
+filter = {{ labels = {{ team = "infra" }} }}
+
+[[webhook]]
+name = "later"
+url = "http://127.0.0.1:{down}/hook"
+secret = "{new_secret()}"
+events = ["task.failed"]
+""")
+    orch = serve(orchestrator_factory, tmp_path, [r.origin, f"http://127.0.0.1:{down}"],
+                 max_concurrent=1, CBOX_WEBHOOKS_FILE=str(hooks))
+    await orch.start()
+    # An unreachable receiver in the file is one logged line, not a refusal to start.
+    assert f"webhooks file {hooks}: field webhook[1].url: " in orch.log.read_text()
+    status, listed = await orch.request("GET", "/webhooks")
+    assert [(s["name"], s["source"]) for s in listed["webhooks"]] == [
+        ("ci", "file"), ("later", "file")]
+    status, body = await orch.request("DELETE", "/webhooks/ci")
+    assert status == 409 and str(hooks) in body["error"]["message"]
+    other = await orch.submit("not ours", policy="bad")
+    ours = await orch.submit("ours", policy="bad", metadata={"team": "infra"})
+    await orch.wait_done(other["id"])
+    # One at a time: the first task's end was stored (with any rows) before ours began.
+    [got] = await r.wait_for(1)
+    assert got.json["data"]["id"] == ours["id"] and all(got.verified.values())
+    [logged] = await settled(orch, "ci", 1)
+    assert logged["id"] == got.id

@@ -119,12 +119,11 @@ class Webhooks:
             ))
         await hooks.outbox.forget_file_subscriptions([s.name for s in from_file])
         hooks._subs = {s.name: s for s in await hooks.outbox.subscriptions()}
-        for sub, problem in zip(from_file, await asyncio.gather(
-            *(hooks._unreachable(s.url) for s in from_file)
-        ), strict=True):
-            if problem:
-                log.error("webhooks file %s: field %s.url: %s (deliveries will be retried)",
-                          settings.webhooks_file, sub.name, problem)
+        problems = await asyncio.gather(*(hooks._unreachable(s.url) for s in from_file))
+        for n, problem in enumerate(problems):
+            if problem:  # not fatal: the receiver may be restarting too; deliveries wait
+                log.error("webhooks file %s: field webhook[%d].url: %s (deliveries will be "
+                          "retried)", settings.webhooks_file, n, problem)
         return hooks
 
     async def _unreachable(self, url: str) -> str | None:
@@ -168,7 +167,9 @@ class Webhooks:
             raise InvalidRequest(f"notify_url: {exc}", field="notify_url") from None
 
     def task_event(self, task: Task, event: str) -> None:
-        self._staged[task.id].extend(self._rows(task, f"task.{event}"))
+        rows = self._rows(task, f"task.{event}")
+        if rows:
+            self._staged[task.id].extend(rows)
 
     def staged(self, task_id: str) -> list[OutboxRow]:
         return list(self._staged.get(task_id, ()))

@@ -199,3 +199,25 @@ async def test_one_busy_receiver_cannot_fill_the_batch_of_due_deliveries(tmp_pat
     due = await outbox.due(1000.0, per_receiver=2, limit=200)
     await outbox.close()
     assert [d.id for d in due] == ["msg_a000", "msg_a001", "msg_b"]
+
+
+@pytest.mark.parametrize(("env", "line"), [
+    ({"CBOX_WEBHOOK_ALLOWED_URLS": '["hooks.example.com"]'},
+     "cbox: CBOX_WEBHOOK_ALLOWED_URLS: 'hooks.example.com' must be an absolute http"),
+    ({"CBOX_WEBHOOK_SECRET": "hunter2"}, "cbox: CBOX_WEBHOOK_SECRET: must start with 'whsec_'"),
+    ({"CBOX_WEBHOOK_PREVIOUS_SECRET": new_secret()},
+     "cbox: CBOX_WEBHOOK_PREVIOUS_SECRET is set without CBOX_WEBHOOK_SECRET"),
+])
+def test_bad_webhook_settings_stop_the_server_with_one_line(
+    tmp_path: Path, env: dict[str, str], line: str
+) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "cbox", "serve"],
+        env={**os.environ, "AGENT_PORT": "0", "CBOX_DB_PATH": str(tmp_path / "db.sqlite"),
+             **env},
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert [ln for ln in proc.stderr.splitlines() if ln.startswith("cbox:")] == [
+        ln for ln in proc.stderr.splitlines() if ln.startswith(line)], proc.stderr
+    assert line in proc.stderr

@@ -247,31 +247,39 @@ class Webhooks:
             self._busy[key] -= 1
             self._wake.set()
 
-    def _secrets_for(self, subscription: str) -> list[str] | str:
-        """The signing secrets, or why this delivery cannot be made any more."""
-        if subscription == NOTIFY:
-            return self.notify_secrets or "CBOX_WEBHOOK_SECRET is no longer set"
-        sub = self._subs.get(subscription)
-        if sub is None:
-            return "subscription deleted"
-        if sub.disabled is not None:
-            return f"subscription disabled: {sub.disabled}"
-        return sub.secrets()
+    def _target(self, due: Due) -> tuple[str, list[str]] | str:
+        """Where to send and the signing secrets, or why this delivery cannot be made any more.
+
+        A subscription's deliveries go to its URL as it is now: fixing a broken URL
+        also fixes the retries already queued for it.
+        """
+        if due.subscription == NOTIFY:
+            if not self.notify_secrets:
+                return "CBOX_WEBHOOK_SECRET is no longer set"
+            url, secrets = due.url, self.notify_secrets
+        else:
+            sub = self._subs.get(due.subscription)
+            if sub is None:
+                return "subscription deleted"
+            if sub.disabled is not None:
+                return f"subscription disabled: {sub.disabled}"
+            url, secrets = sub.url, sub.secrets()
+        try:
+            check_url(url, self.allowed)  # the allowlist may have shrunk since
+        except ValueError as exc:
+            return f"url {exc}"
+        return url, secrets
 
     async def _attempt(self, due: Due) -> None:
         assert self._http is not None
-        secrets = self._secrets_for(due.subscription)
-        if isinstance(secrets, str):
-            await self.outbox.cancel(due.id, secrets)
+        target = self._target(due)
+        if isinstance(target, str):
+            await self.outbox.cancel(due.id, target)
             return
-        try:
-            check_url(due.url, self.allowed)
-        except ValueError as exc:
-            await self.outbox.cancel(due.id, f"url {exc}")
-            return
+        url, secrets = target
         at = time.time()
         result = await sender.attempt(
-            self._http, due.url, due.id, due.body, secrets, self.settings.webhook_timeout_s
+            self._http, url, due.id, due.body, secrets, self.settings.webhook_timeout_s
         )
         n = due.attempts + 1
         record = Attempt(n=n, at=at, status=result.status, latency_ms=result.latency_ms,
@@ -283,7 +291,7 @@ class Webhooks:
             delay_s = sender.retry_delay_s(n, self.settings.webhook_retry_scale)
             status = "failed" if delay_s is None else "pending"
             next_at = None if delay_s is None else time.time() + delay_s
-        await self.outbox.record(due.id, record, status=status, next_at=next_at)
+        await self.outbox.record(due.id, record, status=status, next_at=next_at, url=url)
         if result.gone:
             await self._disable(due.subscription, "the receiver answered 410 Gone")
         log.info("webhook %s %s to %s: attempt %d %s", due.id, due.event, due.subscription, n,
@@ -363,7 +371,7 @@ class Webhooks:
                                       self.settings.webhook_timeout_s)
         record = Attempt(n=1, at=now, status=result.status, latency_ms=result.latency_ms,
                          error=result.error)
-        await self.outbox.record(row.id, record,
-                                 status="delivered" if result.ok else "failed", next_at=None)
+        await self.outbox.record(row.id, record, status="delivered" if result.ok else "failed",
+                                 next_at=None, url=sub.url)
         [delivery] = [d for d in await self.outbox.deliveries(name, limit=20) if d.id == row.id]
         return delivery

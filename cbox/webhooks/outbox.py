@@ -148,7 +148,8 @@ class Outbox:
         return None if row is None or row[0] is None else float(row[0])
 
     async def record(
-        self, delivery_id: str, attempt: Attempt, *, status: str, next_at: float | None
+        self, delivery_id: str, attempt: Attempt, *, status: str, next_at: float | None,
+        url: str,
     ) -> None:
         """One attempt's outcome, and what happens next (`status` pending: retry at `next_at`)."""
         await self.db.execute(
@@ -160,10 +161,10 @@ class Outbox:
         finished = None if status == "pending" else attempt.at + attempt.latency_ms / 1000
         await self.db.execute(
             "UPDATE webhook_deliveries SET status = ?, attempts = ?, next_at = ?,"
-            " finished_at = ?, last_status = ?, last_error = ?, last_latency_ms = ?"
+            " finished_at = ?, last_status = ?, last_error = ?, last_latency_ms = ?, url = ?"
             " WHERE id = ?",
             (status, attempt.n, next_at if next_at is not None else 0.0, finished,
-             attempt.status, attempt.error, attempt.latency_ms, delivery_id),
+             attempt.status, attempt.error, attempt.latency_ms, url, delivery_id),
         )
         await self.db.commit()
 

@@ -285,6 +285,11 @@ async def test_secret_rotation_sends_both_signatures_and_each_verifies(
     assert ping.stdout.startswith("delivered msg_")
     pinged = (await r.wait_for(4))[3]
     assert pinged.json["type"] == "webhook.ping" and pinged.verified[new]
+    log = subprocess.run([sys.executable, "-m", "cbox", "webhooks", "deliveries", "rot", "--json"],
+                         env=env, capture_output=True, text=True, timeout=60, check=True)
+    shown_log = json.loads(log.stdout)
+    assert shown_log[0]["id"] == pinged.id and shown_log[0]["event"] == "webhook.ping"
+    assert [d["status"] for d in shown_log] == ["delivered"] * 4
 
 
 async def test_bad_subscriptions_get_a_400_naming_the_field(

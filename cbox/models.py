@@ -135,6 +135,13 @@ class TaskSpec(BaseModel):
         json_schema_extra=_string_branch(pattern=SESSION_PATTERN),
     )
 
+    notify_url: str | None = Field(
+        None,
+        max_length=2000,
+        description="Also send this task's webhook events here (signed with the server's "
+        "CBOX_WEBHOOK_SECRET); must match CBOX_WEBHOOK_ALLOWED_URLS.",
+    )
+
     @field_validator("session")
     @classmethod
     def _session_name(cls, value: str | None) -> str | None:

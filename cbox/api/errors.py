@@ -18,6 +18,7 @@ from cbox.errors import (
     PolicyViolation,
     SessionNotFound,
     TaskNotFound,
+    WebhookNotFound,
 )
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,7 @@ STATUS: dict[type[CboxError], int] = {
     InvalidRequest: 400,
     TaskNotFound: 404,
     SessionNotFound: 404,
+    WebhookNotFound: 404,
     Conflict: 409,
     ImageNotFound: 503,
     DockerError: 503,

@@ -29,6 +29,7 @@ from cbox.api import event_types, params
 from cbox.api.bodies import BODY_SCHEMAS
 from cbox.models import Isolation, Session, TaskSpec, TaskState
 from cbox.policies import Policy
+from cbox.webhooks.models import Delivery, SubscriptionIn
 
 _REF = "#/components/schemas/{model}"
 _ERROR = {"$ref": "#/components/schemas/Error"}
@@ -39,7 +40,7 @@ _ERROR_TEXT = {
     400: "Bad request: a malformed body, a field or parameter out of its bounds",
     401: "Missing or wrong API token",
     403: "Forbidden: a foreign Origin, or a request past a policy ceiling",
-    404: "Unknown task or session",
+    404: "Unknown task, session or webhook",
     409: "The task's or session's state does not allow this",
     413: "Body larger than CBOX_MAX_BODY_BYTES",
     415: "A request body that is not application/json",
@@ -71,7 +72,7 @@ def _operation(
     responses: dict[str, Any],
     *,
     parameters: list[dict[str, Any]] | None = None,
-    body: bool = False,
+    body: str | None = None,
     errors: tuple[int, ...] = (),
     open_: bool = False,
 ) -> dict[str, Any]:
@@ -95,7 +96,7 @@ def _operation(
     if body:
         op["requestBody"] = {
             "required": True,
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TaskSpec"}}},
+            "content": {"application/json": {"schema": _ref(body)}},
         }
     if open_:
         op["security"] = []
@@ -184,7 +185,88 @@ def _components(task_spec: type[TaskSpec]) -> dict[str, Any]:
         }},
     }
     schemas.update(BODY_SCHEMAS)
+    schemas.update(_webhook_schemas())
     return schemas
+
+
+def _webhook_schemas() -> dict[str, Any]:
+    _, top = models_json_schema(
+        [(SubscriptionIn, "validation"), (Delivery, "serialization")], ref_template=_REF
+    )
+    schemas: dict[str, Any] = dict(top.get("$defs", {}))
+    schemas["WebhookIn"] = schemas.pop("SubscriptionIn")
+    schemas["WebhookDelivery"] = schemas.pop("Delivery")
+    schemas["Webhook"] = _webhook_schema(
+        SubscriptionIn.model_json_schema(ref_template=_REF)
+    )
+    return schemas
+
+
+def _webhook_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """A subscription as served: the input's fields without secrets, and its state."""
+    schema.pop("$defs", None)
+    props = schema["properties"]
+    props.pop("secret")
+    props.pop("previous_secret")
+    props["source"] = {"type": "string", "enum": ["api", "file"]}
+    props["created_at"] = {"type": "number"}
+    props["disabled"] = {"type": ["string", "null"],
+                         "description": "Why deliveries stopped (410 Gone); null while active."}
+    props["secret_fingerprint"] = {"type": "string"}
+    props["previous_secret_fingerprint"] = {"type": ["string", "null"]}
+    schema["required"] = ["name", "url", "events", "source"]
+    schema["title"] = "Webhook"
+    schema["description"] = "A webhook subscription as served."
+    schema.pop("additionalProperties", None)
+    return schema
+
+
+_WEBHOOK_NAME = _path_param("name", "The subscription's name.")
+
+
+def _webhook_paths() -> dict[str, Any]:
+    hook = _ref("Webhook")
+    delivery = _ref("WebhookDelivery")
+    return {
+        "/webhooks": {
+            "get": _operation(
+                "getWebhooks", "Webhook subscriptions (secrets are never served)",
+                {"200": _json({"type": "object", "required": ["webhooks"], "properties": {
+                    "webhooks": {"type": "array", "items": hook}}}, "Subscriptions")},
+                errors=(404,),
+            ),
+            "post": _operation(
+                "postWebhooks", "Create or replace a webhook subscription (replacing "
+                "re-enables a disabled one); the URL must be allowed and reachable",
+                {"201": _json(hook, "Created"), "200": _json(hook, "Replaced")},
+                body="WebhookIn", errors=(404, 409),
+            ),
+        },
+        "/webhooks/{name}": {
+            "get": _operation(
+                "getWebhook", "One webhook subscription", {"200": _json(hook, "The subscription")},
+                parameters=[_WEBHOOK_NAME], errors=(404,),
+            ),
+            "delete": _operation(
+                "deleteWebhook", "Delete a subscription and cancel its pending deliveries",
+                {"200": _json({"type": "object", "required": ["deleted"], "properties": {
+                    "deleted": {"type": "string"}}}, "Deleted")},
+                parameters=[_WEBHOOK_NAME], errors=(404, 409),
+            ),
+        },
+        "/webhooks/{name}/deliveries": {"get": _operation(
+            "getWebhookDeliveries",
+            "The delivery log, newest first (`notify_url` for tasks' own URLs)",
+            {"200": _json({"type": "object", "required": ["deliveries"], "properties": {
+                "deliveries": {"type": "array", "items": delivery}}}, "Deliveries")},
+            parameters=[_WEBHOOK_NAME, params.DELIVERIES_LIMIT.openapi()], errors=(404,),
+        )},
+        "/webhooks/{name}/test": {"post": _operation(
+            "postWebhookTest", "Send a signed webhook.ping now; the delivery says how it went",
+            {"200": _json(delivery, "The ping's delivery")},
+            parameters=[_WEBHOOK_NAME], errors=(404,),
+        )},
+    }
 
 
 def _ref(name: str) -> dict[str, Any]:
@@ -205,7 +287,7 @@ def spec(task_spec: type[TaskSpec] = TaskSpec) -> dict[str, Any]:
             "/task": {"post": _operation(
                 "postTask", "Seed API: submit a task and stream its events to `done`",
                 {"200": _sse("The task's events from `start` to `done`.")},
-                body=True, errors=(403,),
+                body="TaskSpec", errors=(403,),
             )},
             "/status": {"get": _operation(
                 "getStatus", "Seed API: what is running and queued",
@@ -228,7 +310,7 @@ def spec(task_spec: type[TaskSpec] = TaskSpec) -> dict[str, Any]:
                      "200": _with_links(
                          _json(_TASK, "An active task with this idempotency key already exists"),
                          *_TASK_LINKS)},
-                    body=True, errors=(403,),
+                    body="TaskSpec", errors=(403,),
                 ),
                 "get": _operation(
                     "getTasks", "List tasks, newest first",
@@ -295,6 +377,7 @@ def spec(task_spec: type[TaskSpec] = TaskSpec) -> dict[str, Any]:
                 {"200": _json({"type": "object", "required": ["openapi", "paths"]}, "OpenAPI")},
                 open_=True,
             )},
+            **_webhook_paths(),
         },
     }
 

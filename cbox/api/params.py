@@ -129,6 +129,7 @@ TASK_STATES = StatesParam()
 STOP_TASK_ID = StringParam("task_id", "Stop only this task (queued or running).")
 RAW_AFTER = IntParam("after", 0, 0, MAX_OFFSET, "Skip the first N lines.")
 RAW_LIMIT = IntParam("limit", 10_000, 1, 100_000, "At most this many lines.")
+DELIVERIES_LIMIT = IntParam("limit", 50, 1, 1000, "At most this many deliveries, newest first.")
 EVENTS_AFTER = IntParam(
     "after", 0, 0, MAX_OFFSET, "Replay from event N+1 (`Last-Event-ID` wins when both are sent)."
 )

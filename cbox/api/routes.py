@@ -14,9 +14,10 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from cbox.api import params, sse
-from cbox.errors import InvalidRequest
+from cbox.errors import InvalidRequest, WebhookNotFound
 from cbox.models import TaskSpec
 from cbox.orchestrator.service import TaskService
+from cbox.webhooks import Webhooks
 
 SERVICE: web.AppKey[TaskService] = web.AppKey("service", TaskService)
 
@@ -200,6 +201,56 @@ async def delete_session(request: web.Request) -> web.Response:
     """Forget a session and remove its volume (409 while one of its tasks is active)."""
     session = await _service(request).delete_session(request.match_info["session_id"])
     return web.json_response({"deleted": session.id, "volume": session.volume})
+
+
+def _hooks(request: web.Request) -> Webhooks:
+    listener = _service(request).listener
+    if not isinstance(listener, Webhooks):
+        raise WebhookNotFound("webhooks are not enabled on this server")
+    return listener
+
+
+@routes.get("/webhooks")
+async def get_webhooks(request: web.Request) -> web.Response:
+    """Subscriptions (secrets are never served, only their fingerprints)."""
+    return web.json_response({"webhooks": [s.public() for s in _hooks(request).subscriptions()]})
+
+
+@routes.post("/webhooks")
+async def post_webhooks(request: web.Request) -> web.Response:
+    """Create (201) or replace (200) a subscription; replacing re-enables a disabled one."""
+    sub, created = await _hooks(request).put(await _json_body(request))
+    return web.json_response(
+        sub.public(), status=201 if created else 200,
+        headers={"Location": f"/webhooks/{sub.name}"},
+    )
+
+
+@routes.get("/webhooks/{name}")
+async def get_webhook(request: web.Request) -> web.Response:
+    return web.json_response(_hooks(request).get(request.match_info["name"]).public())
+
+
+@routes.delete("/webhooks/{name}")
+async def delete_webhook(request: web.Request) -> web.Response:
+    """Delete a subscription; its pending deliveries are cancelled."""
+    sub = await _hooks(request).delete(request.match_info["name"])
+    return web.json_response({"deleted": sub.name})
+
+
+@routes.get("/webhooks/{name}/deliveries")
+async def get_webhook_deliveries(request: web.Request) -> web.Response:
+    """The delivery log, newest first: status, attempts, latency, last error."""
+    limit = params.DELIVERIES_LIMIT.parse(request)
+    found = await _hooks(request).deliveries(request.match_info["name"], limit=limit)
+    return web.json_response({"deliveries": [d.model_dump(mode="json") for d in found]})
+
+
+@routes.post("/webhooks/{name}/test")
+async def post_webhook_test(request: web.Request) -> web.Response:
+    """Send a signed `webhook.ping` now and say how it went."""
+    delivery = await _hooks(request).ping(request.match_info["name"])
+    return web.json_response(delivery.model_dump(mode="json"))
 
 
 @routes.get("/policies")

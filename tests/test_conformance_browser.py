@@ -98,9 +98,14 @@ async def test_browser_content_types_with_a_valid_token_are_415(api: Orchestrato
     status, answer = await api.request("POST", "/tasks", data=SPEC)  # no type at all
     refused(status, answer, 415)
     await assert_nothing_created(api)
-    # Bodiless POST /stop (the seed's `curl -X POST $S/stop`) needs no type.
+    # Bodiless POST /stop (the seed's `curl -X POST $S/stop`) needs no type, and
+    # JSON may name its charset.
     status, answer = await api.request("POST", "/stop")
     assert status == 200, answer
+    status, answer = await api.request(
+        "POST", "/tasks", data=SPEC, headers={"Content-Type": "Application/JSON; charset=utf-8"}
+    )
+    assert status == 202, answer
 
 
 async def test_rebinding_host_is_refused_even_with_a_token(api: Orchestrator) -> None:

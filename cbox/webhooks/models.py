@@ -1,7 +1,7 @@
 """Webhook subscriptions, deliveries and attempts, as served and stored.
 
 A subscription's secrets are Standard Webhooks secrets: `whsec_` and the
-base64 of 24 to 64 random bytes. They are checked here, strictly (the
+base64 of 24 to 62 random bytes. They are checked here, strictly (the
 library's own decoding forgives bad padding and stray characters), and never
 served back: the API shows `previous_secret_set` and a fingerprint instead.
 """
@@ -95,7 +95,7 @@ class SubscriptionIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(
-        pattern=NAME.pattern, description="Letters, digits, `_.-`; at most 64 characters."
+        json_schema_extra={"pattern": NAME.pattern}, description="Letters, digits, `_.-`; at most 64 characters."
     )
     url: str = Field(max_length=2000, description="Where deliveries are POSTed.")
     secret: SecretStr = Field(
@@ -112,7 +112,7 @@ class SubscriptionIn(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not NAME.match(value):
+        if not NAME.fullmatch(value):
             raise ValueError(
                 "must be 1-64 characters of letters, digits, '_', '.' or '-', "
                 "starting with a letter or digit"

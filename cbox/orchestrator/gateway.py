@@ -49,8 +49,10 @@ from cbox.orchestrator.usage import Usage, UsageMeter
 
 log = logging.getLogger(__name__)
 
+# The body is relayed decoded (see `start`), so its encoding and length go too.
 _DROP_RESPONSE = frozenset(
-    {"content-length", "transfer-encoding", "connection", "keep-alive", "server", "date"}
+    {"content-length", "content-encoding", "transfer-encoding", "connection", "keep-alive",
+     "server", "date"}
 )
 #: Anthropic's own request size limit for the Messages API.
 MAX_BODY_BYTES = 32 * 1024 * 1024
@@ -155,7 +157,9 @@ class ApiGateway:
                 sock_connect=UPSTREAM_CONNECT_TIMEOUT_S,
                 sock_read=UPSTREAM_READ_TIMEOUT_S,
             ),
-            auto_decompress=False,
+            # We ask for identity bodies; should one come compressed anyway, it is
+            # decoded here, so metering (and the budget) never goes blind.
+            auto_decompress=True,
             # Upstream cookies must not carry over from one task's calls to another's.
             cookie_jar=aiohttp.DummyCookieJar(),
         )
@@ -310,6 +314,7 @@ class ApiGateway:
     ) -> web.StreamResponse:
         assert self._session is not None
         headers = forward_headers(request.headers)
+        headers["accept-encoding"] = "identity"
         if self._api_key:
             headers["x-api-key"] = self._api_key
         elif self._oauth_token:
@@ -362,7 +367,7 @@ class ApiGateway:
         await response.prepare(request)
         streaming = upstream.content_type == "text/event-stream"
         meter = UsageMeter(lease.usage, streaming=streaming)
-        metered = upstream.status < 300 and upstream.headers.get("content-encoding") is None
+        metered = upstream.status < 300
         try:
             async for chunk in upstream.content.iter_any():
                 if metered:

@@ -281,17 +281,19 @@ class ApiGateway:
 
     def _deny(self, lease: _Lease, request: web.Request, refusal: Refusal) -> web.Response:
         target = f"gateway {show(request.method, 16)} {show(request.raw_path)}"
-        log.info("gateway: refused %s for %s: %s", target, lease.task_id, refusal.message)
         self._report(lease, target, refusal.message)
         return _error(refusal.status, refusal.kind, refusal.message)
 
     def _report(self, lease: _Lease, target: str, reason: str) -> None:
+        """An event on the task (and a line in our log), for the first denials only."""
         lease.denials += 1
-        if self._on_denied is None or lease.denials > MAX_DENIAL_EVENTS + 1:
+        if lease.denials > MAX_DENIAL_EVENTS + 1:
             return
         if lease.denials > MAX_DENIAL_EVENTS:
             target, reason = "gateway", f"more than {MAX_DENIAL_EVENTS} denials; no more reported"
-        self._on_denied(lease.task_id, target, reason)
+        log.info("gateway: refused %s for %s: %s", target, lease.task_id, reason)
+        if self._on_denied is not None:
+            self._on_denied(lease.task_id, target, reason)
 
     def _over_budget(self, lease: _Lease, reason: str) -> None:
         if lease.over_budget:
@@ -327,6 +329,8 @@ class ApiGateway:
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             log.warning("gateway: upstream unreachable for %s: %s", lease.task_id, exc)
             return _error(502, "api_error", f"upstream unreachable: {exc}")
+        except ValueError as exc:  # a header value the client library will not send
+            return _error(400, "invalid_request_error", f"request refused: {show(str(exc))}")
         lease.usage.requests += 1
         async with upstream:
             if 300 <= upstream.status < 400:

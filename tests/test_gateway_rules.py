@@ -6,10 +6,12 @@ these pin the edges of each rule quickly and without Docker.
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -17,6 +19,7 @@ from cbox.errors import PolicyViolation
 from cbox.models import TaskSpec
 from cbox.orchestrator.apirules import (
     DEFAULT_BETAS,
+    MAX_BODY_BYTES,
     Endpoint,
     MessageCall,
     Refusal,
@@ -25,8 +28,10 @@ from cbox.orchestrator.apirules import (
     match_endpoint,
 )
 from cbox.orchestrator.budget import Budget, Ledger, estimate
+from cbox.orchestrator.gateway import ApiGateway
 from cbox.orchestrator.usage import Usage
 from cbox.policies import PolicySet
+from tests.fakes.anthropic import FakeAnthropic
 
 
 @pytest.mark.parametrize(
@@ -166,3 +171,31 @@ def test_policy_fields_tighten_only(tmp_path: Path) -> None:
         with pytest.raises(PolicyViolation) as caught:
             policies.resolve(TaskSpec.model_validate({"prompt": "x", **spec}))
         assert caught.value.field == next(iter(spec))
+
+
+async def test_gateway_answers_in_anthropics_shape_and_bounds_bodies() -> None:
+    """In process, over loopback: refusals are Anthropic error JSON; nothing goes upstream."""
+    async with FakeAnthropic(prefix="/p") as fake:
+        gateway = ApiGateway(upstream=fake.url(), api_key="sk-real", oauth_token=None)
+        await gateway.start()
+        try:
+            port = await gateway.open_for("task_x", "tok", "127.0.0.1")
+            base, key = f"http://127.0.0.1:{port}", {"x-api-key": "tok"}
+            async with aiohttp.ClientSession() as http:
+                huge = io.BytesIO(b"x" * (MAX_BODY_BYTES + 1))
+                async with http.post(base + "/v1/messages", data=huge, headers=key) as big:
+                    assert big.status == 413
+                    assert (await big.json())["error"]["type"] == "request_too_large"
+                async with http.get(base + "/v1/files", headers=key) as files:
+                    assert files.status == 403
+                    assert files.headers["x-should-retry"] == "false"
+                    answer = await files.json()
+                assert answer["type"] == "error"
+                assert answer["error"]["type"] == "permission_error"
+                async with http.post(base + "/v1/messages?beta=true", headers=key,
+                                     json={"model": "m", "max_tokens": 5, "messages": []}) as ok:
+                    assert ok.status == 200
+        finally:
+            await gateway.close()
+    assert [s.raw_path for s in fake.seen] == ["/p/v1/messages?beta=true"]
+    assert fake.seen[0].headers["x-api-key"] == "sk-real"

@@ -27,12 +27,14 @@ upstream URL is then built from our own copy of the path, not the box's.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 
@@ -95,6 +97,10 @@ PLAIN_BODY_FIELDS = frozenset(
 #: Content `source` kinds carried in the request itself. `url` (Anthropic
 #: fetches it) and `file` (the Files API of the workspace) are not.
 INLINE_SOURCES = frozenset({"base64", "text", "content"})
+
+#: Anthropic's own request size limit for the Messages API.
+MAX_BODY_BYTES = 32 * 1024 * 1024
+BODY_READ_TIMEOUT_S = 60.0
 
 #: The request target Claude Code sends: plain segments, nothing to decode.
 _CANONICAL_PATH = re.compile(r"(?:/[A-Za-z0-9_-]+)+")
@@ -160,6 +166,19 @@ def check_betas(headers: CIMultiDictProxy[str], allowed: Iterable[str]) -> Refus
 
 def forward_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     return CIMultiDict((k, v) for k, v in headers.items() if k.lower() in FORWARD_HEADERS)
+
+
+async def read_body(request: web.Request) -> bytes | Refusal:
+    """The request body, bounded in size and in the time it may take to arrive."""
+    too_big = Refusal(413, "request_too_large", f"request body over {MAX_BODY_BYTES} bytes")
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        return too_big
+    try:
+        return await asyncio.wait_for(request.read(), BODY_READ_TIMEOUT_S)
+    except web.HTTPRequestEntityTooLarge:
+        return too_big
+    except TimeoutError:
+        return Refusal(408, "timeout_error", "request body took too long to arrive")
 
 
 def check_body(raw: bytes, *, server_tools: bool) -> MessageCall | Refusal:

@@ -22,7 +22,6 @@ once instead of letting the CLI retry for minutes.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import secrets
@@ -35,12 +34,14 @@ from yarl import URL
 
 from cbox.orchestrator.apirules import (
     DEFAULT_BETAS,
+    MAX_BODY_BYTES,
     Endpoint,
     Refusal,
     check_betas,
     check_body,
     forward_headers,
     match_endpoint,
+    read_body,
     show,
 )
 from cbox.orchestrator.budget import Budget, Ledger, Reservation, estimate
@@ -54,9 +55,6 @@ _DROP_RESPONSE = frozenset(
     {"content-length", "content-encoding", "transfer-encoding", "connection", "keep-alive",
      "server", "date"}
 )
-#: Anthropic's own request size limit for the Messages API.
-MAX_BODY_BYTES = 32 * 1024 * 1024
-BODY_READ_TIMEOUT_S = 60.0
 #: Calls one task may have open at once; Claude Code's parallel subagents stay well under.
 MAX_IN_FLIGHT = 16
 #: Denials reported as events per task; a box in a loop must not flood the log.
@@ -114,7 +112,7 @@ def _error(
     )
 
 
-def _busy(message: str) -> web.Response:
+def _busy(message: str) -> web.Response:  # retryable: the CLI waits and asks again
     return _error(429, "rate_limit_error", message, {"retry-after": "2"})
 
 
@@ -255,9 +253,11 @@ class ApiGateway:
     async def _admit(
         self, lease: _Lease, endpoint: Endpoint, request: web.Request
     ) -> web.StreamResponse:
-        body = await _read_body(request)
+        body = await read_body(request)
         if isinstance(body, Refusal):
             return _error(body.status, body.kind, body.message)
+        if self._leases.get(lease.task_id) is not lease:  # the task ended meanwhile
+            return _error(401, "authentication_error", "unknown or expired task token")
         call = check_body(body, server_tools=lease.access.server_tools)
         if isinstance(call, Refusal):
             return self._deny(lease, request, call)
@@ -383,16 +383,3 @@ class ApiGateway:
             meter.finish()
         await response.write_eof()
         return response
-
-
-async def _read_body(request: web.Request) -> bytes | Refusal:
-    """The request body, bounded in size and in the time it may take to arrive."""
-    too_big = Refusal(413, "request_too_large", f"request body over {MAX_BODY_BYTES} bytes")
-    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        return too_big
-    try:
-        return await asyncio.wait_for(request.read(), BODY_READ_TIMEOUT_S)
-    except web.HTTPRequestEntityTooLarge:
-        return too_big
-    except TimeoutError:
-        return Refusal(408, "timeout_error", "request body took too long to arrive")

@@ -95,7 +95,8 @@ class SubscriptionIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(
-        json_schema_extra={"pattern": NAME.pattern}, description="Letters, digits, `_.-`; at most 64 characters."
+        json_schema_extra={"pattern": NAME.pattern},
+        description="Letters, digits, `_.-`; at most 64 characters.",
     )
     url: str = Field(max_length=2000, description="Where deliveries are POSTed.")
     secret: SecretStr = Field(

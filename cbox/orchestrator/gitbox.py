@@ -77,7 +77,8 @@ cd /src
 base=$(git rev-parse --verify -q 'HEAD^{commit}') || { echo cbox-error no-commits; exit 3; }
 git clone --quiet --local --no-hardlinks --no-checkout /src /dst
 git -C /dst remote remove origin
-index=$(git rev-parse --path-format=absolute --git-path index)
+index=$(git rev-parse --git-path index)  # not made absolute: that resolves symlinks
+case $index in /*) ;; *) index=/src/$index ;; esac
 objects=$(git rev-parse --path-format=absolute --git-path objects)
 snapshot_index=/dst/.git/cbox-snapshot-index
 if [ -e "$index" ] || [ -L "$index" ]; then

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import json
 import os
 import re
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +35,10 @@ from tests.orch import Orchestrator
 
 pytestmark = [pytest.mark.docker]
 
-#: The isolated task: looks for a file that is not in its repository, then edits one.
+#: The isolated task: looks for another repository's data in its copy, then edits a file.
 ISOLATED = (
-    'if [ -e /workspace/secret.txt ]; then echo "BREACH: another repository: '
-    '$(cat /workspace/secret.txt)"; fi; echo changed >> /workspace/README.md'
+    "cd /workspace; if git log --all -p 2>/dev/null | grep -q 'private data'; "
+    'then echo "BREACH: another repository is in the copy"; fi; echo changed >> README.md'
 )
 POLICIES = {
     "plant": 'agent = "command"\ncommand = ["bash", "/workspace/attack.sh"]\ntimeout_s = 60\n',
@@ -181,19 +181,6 @@ done
     assert_worked(repo, done)
 
 
-async def test_gpg_program_signs_the_snapshot(
-    server: Orchestrator, repo: Path, host: Path
-) -> None:
-    await plant(server, repo, f"""
-git config commit.gpgSign true
-git config gpg.program "sh -c '{evil(host)}; exit 1'"
-echo uncommitted > notes.txt
-""")
-    _, done, lines = await run_isolated(server)
-    assert_held(host, lines)
-    assert_worked(repo, done)
-
-
 @pytest.mark.parametrize("how", ["include.path", "symlinked config"])
 async def test_config_from_a_host_file(
     server: Orchestrator, repo: Path, host: Path, how: str
@@ -210,19 +197,16 @@ async def test_config_from_a_host_file(
     assert_worked(repo, done)
 
 
-async def test_index_symlinked_to_a_host_fifo(
+async def test_index_symlinked_to_a_host_file(
     server: Orchestrator, repo: Path, host: Path
 ) -> None:
-    """A host read outside the repository: the orchestrator would open the FIFO (and hang)."""
-    fifo = host / "fifo"
-    os.mkfifo(fifo)
-    os.chown(fifo, WORKSPACE_UID, WORKSPACE_GID)
-    await plant(server, repo, f"rm -f .git/index; ln -s {fifo} .git/index\n")
-    try:
-        status, done, lines = await run_isolated(server)
-        assert_no_reader(fifo)
-    finally:
-        release(fifo)
+    """`.git/index` names a host file outside the repository: nothing on the host reads it."""
+    secret = host / "secret"
+    secret.write_text("host data\n")
+    os.utime(secret, (0, time.time()))  # a read sets its atime again (relatime)
+    await plant(server, repo, f"rm -f .git/index\nln -s {secret} .git/index\n")
+    status, done, lines = await run_isolated(server)
+    assert secret.stat().st_atime == 0, "a host process read the file the index names"
     assert_held(host, lines)
     assert status == 400 or done["state"] == "failed", done
     reason = done["error"]["message"] if status == 400 else done["error"]
@@ -272,13 +256,6 @@ echo dirty > sub/file.txt
     _, done, lines = await run_isolated(server)
     assert_held(host, lines)
     assert_worked(repo, done)
-
-
-def assert_no_reader(fifo: Path) -> None:
-    """Nobody on the host has the FIFO open for reading (opening it to write says so)."""
-    with pytest.raises(OSError, match="No such device or address") as raised:
-        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-    assert raised.value.errno == errno.ENXIO, f"a host process opened {fifo}"
 
 
 def release(fifo: Path) -> None:

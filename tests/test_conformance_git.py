@@ -226,6 +226,18 @@ async def test_config_includes_a_fifo(server: Orchestrator, repo: Path, host: Pa
     assert f"did not finish in {GIT_TIMEOUT_S}s" in str(done["error"])
 
 
+async def test_head_is_a_fifo(server: Orchestrator, repo: Path, host: Path) -> None:
+    """The submit-time check must not block on a planted FIFO: a prompt, clear refusal."""
+    await plant(server, repo, "rm .git/HEAD\nmkfifo .git/HEAD\n")
+    try:
+        status, done, lines = await run_isolated(server)
+    finally:
+        release(repo / ".git" / "HEAD")
+    assert_held(host, lines)
+    assert status == 400, done
+    assert "HEAD is not a regular file" in done["error"]["message"]
+
+
 @pytest.mark.parametrize("how", ["gitfile", "symlink"])
 async def test_git_dir_elsewhere_on_the_host(
     server: Orchestrator, repo: Path, host: Path, tmp_path: Path, how: str

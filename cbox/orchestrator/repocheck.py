@@ -17,6 +17,7 @@ file; a repository whose `HEAD` names no commit.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import stat
@@ -29,7 +30,7 @@ from cbox.errors import InvalidRequest
 _OPEN_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 _OPEN_DIR = os.O_RDONLY | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
 _HEAD_MAX_BYTES = 4096
-_PACKED_REFS_MAX_BYTES = 256 * 1024 * 1024
+_PACKED_REFS_MAX_BYTES = 64 * 1024 * 1024
 _SHA = re.compile(rb"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 _REF_PART = re.compile(r"^[A-Za-z0-9_+@-][A-Za-z0-9._+@-]{0,254}$")
 HINT = "isolated workspaces need a git repository; use a policy with workspace = 'rw'"
@@ -98,6 +99,8 @@ def _read_small(path: Path, dir_fd: int, name: str, max_bytes: int) -> bytes:
     try:
         fd = os.open(name, _OPEN_FILE, dir_fd=dir_fd)
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            _refuse(path, f"cannot be isolated: its .git/{name} is a symbolic link")
         _refuse(path, f"cannot be isolated: .git/{name}: {exc.strerror or exc}")
     with _opened(fd):
         if not stat.S_ISREG(os.fstat(fd).st_mode):

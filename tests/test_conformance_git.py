@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import re
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -169,16 +170,22 @@ async def test_reference_transaction_hook(
 ) -> None:
     hooks = ".git/hooks" if where == "hooks" else ".git/evil-hooks"
     setting = "" if where == "hooks" else f"git config core.hooksPath {hooks}\n"
+    # Also leaves its hostname in the repository, which the fetch helper may write.
+    program = f'{evil(host)}; hostname >> "$GIT_DIR/ran-in" 2>/dev/null; true'
     await plant(server, repo, f"""
 mkdir -p {hooks}
 for hook in reference-transaction post-checkout pre-commit post-commit; do
-  printf '#!/bin/sh\\n%s\\n' {evil(host)!r} > {hooks}/$hook
+  printf '#!/bin/sh\\n%s\\n' {program!r} > {hooks}/$hook
   chmod +x {hooks}/$hook
 done
 {setting}""")
     _, done, lines = await run_isolated(server)
     assert_held(host, lines)
     assert_worked(repo, done)
+    if where == "hooks":  # (a relative hooksPath names nothing from the helper's cwd)
+        ran_in = (repo / ".git" / "ran-in").read_text().split()
+        assert ran_in, "the hook never ran"
+        assert socket.gethostname() not in ran_in  # it ran, in a helper container only
 
 
 @pytest.mark.parametrize("how", ["include.path", "symlinked config"])

@@ -77,6 +77,13 @@ class Settings(BaseSettings):
         description="CBOX_DATA_DIR: where per-task working copies of isolated tasks live "
         "(`<data_dir>/isolated/<task id>`); default: the directory holding CBOX_DB_PATH.",
     )
+    git_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        description="CBOX_GIT_TIMEOUT_S: deadline of each git helper container of an "
+        "isolated task (copy, commit, fetch back); a repository that makes git hang fails "
+        "the step after this long.",
+    )
     max_concurrent: int = Field(2, ge=1, le=256, description="CBOX_MAX_CONCURRENT: running cap.")
     policies_dir: Path | None = Field(
         None, description="CBOX_POLICIES_DIR: directory of extra or overriding policy files."

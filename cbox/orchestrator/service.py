@@ -109,7 +109,9 @@ class TaskService:
         self._positions: dict[str, int] = {}
         self._runs: dict[str, _Run] = {}
         self.sessions = SessionManager(store, docker, settings.instance)
-        self.isolator = Isolator(settings.work_dir / "isolated", docker, settings.instance)
+        self.isolator = Isolator(
+            settings.work_dir / "isolated", docker, settings.instance, settings.git_timeout_s
+        )
         self._submit_lock = asyncio.Lock()
         self._flush_lock = asyncio.Lock()
         self._flusher: asyncio.Task[None] | None = None
@@ -255,7 +257,7 @@ class TaskService:
                 self.settings.allowed_workspace_roots,
             )
             if limits.isolated:
-                await check_repository(workspace.path, workspace.uid, workspace.gid)
+                await asyncio.to_thread(check_repository, workspace.path)
             if spec.session:
                 await self.sessions.ensure(spec.session)
             slot = self._claim_warm(spec, limits, workspace)
@@ -410,7 +412,7 @@ class TaskService:
         if run.limits.isolated:
             task.isolation = await self.isolator.prepare(
                 task.id, workspace.path, workspace.uid, workspace.gid,
-                lambda line: _log(tlog, line),
+                lambda line: _log(tlog, line), image=image,
             )
             assert task.isolation.copy_path is not None
             workspace = Workspace(

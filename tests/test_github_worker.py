@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -68,9 +70,13 @@ def git(repo: Path, *args: str) -> str:
 
 
 @pytest.fixture
-def workspace(tmp_path: Path) -> Path:
-    """The user's checkout: one commit, owned by the workspace uid."""
-    ws = tmp_path / "ws"
+def workspace() -> Iterator[Path]:
+    """The user's checkout: one commit, owned by the workspace uid. Outside pytest's
+    base directory: other test sessions on this machine reset that one to 0700,
+    and host-side git runs as the workspace's owner, who must reach it."""
+    top = Path(tempfile.mkdtemp(prefix="cbox-gh-"))
+    top.chmod(0o711)
+    ws = top / "ws"
     ws.mkdir()
     git(ws, "init", "-q", "-b", "main")
     (ws / "README.md").write_text("hello\n")
@@ -78,15 +84,17 @@ def workspace(tmp_path: Path) -> Path:
     git(ws, "-c", "user.name=User", "-c", "user.email=u@example.com", "commit", "-qm", "init")
     for path in [ws, *ws.rglob("*")]:
         os.lchown(path, WORKSPACE_UID, WORKSPACE_GID)
-    for path in (tmp_path, tmp_path.parent, tmp_path.parent.parent):
-        path.chmod(path.stat().st_mode | 0o011)
-    return ws
+    yield ws
+    shutil.rmtree(top, ignore_errors=True)
 
 
 @pytest.fixture
 async def orch(
     orchestrator_factory: type[Orchestrator], tmp_path: Path, workspace: Path
 ) -> Orchestrator:
+    # Host-side git of isolated tasks runs as the workspace's owner in the data dir.
+    for path in (tmp_path, tmp_path.parent, tmp_path.parent.parent):
+        path.chmod(path.stat().st_mode | 0o011)
     policies = tmp_path / "policies"
     policies.mkdir()
     for name, text in POLICIES.items():
@@ -358,7 +366,7 @@ async def test_isolated_run_pushes_the_branch_and_opens_one_draft_pull_request(
 
     code, _, err = await worker(worker_env(gh, orch.url), "--policy", "iso-edit")
 
-    assert code == 0, err
+    assert code == 0, (err, [c.body for c in gh.comments_on(repo, issue)])
     [task] = await tasks_for(orch, issue)
     branch = f"cbox/{task['id']}"
     tip = git(repo.remote, "rev-parse", f"refs/heads/{branch}")
@@ -382,7 +390,7 @@ async def test_isolated_run_that_changes_nothing_opens_no_pull_request(
     git(workspace, "push", "-q", repo.remote.as_uri(), "main:main")
     issue = gh.add_issue(repo, "Look, but do not touch")
     code, _, err = await worker(worker_env(gh, orch.url), "--policy", "iso-noop")
-    assert code == 0, err
+    assert code == 0, (err, [c.body for c in gh.comments_on(repo, issue)])
     assert repo.pulls == []
     assert git(repo.remote, "for-each-ref", "refs/heads/cbox/") == ""
     [tracker] = trackers(gh, repo, issue)

@@ -7,16 +7,10 @@ models, a real local bare repository standing in for the remote (the fake's
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import signal
 import subprocess
-import sys
-import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -28,123 +22,21 @@ from githubkit.webhooks import sign
 from cbox.integrations.github_api import GitHubApi, Repo, priority_rank
 from cbox.integrations.github_auth import AppTokens, StaticToken
 from cbox.integrations.github_webhook import serve
-from tests.conftest import WORKSPACE_GID, WORKSPACE_UID
 from tests.fakes.github import TOKEN, FakeGitHub
-from tests.fakes.github import Issue as FakeIssue
 from tests.fakes.github import Repo as FakeRepo
+from tests.github_support import (
+    ANSWER,
+    git,
+    start_worker,
+    tasks_for,
+    trackers,
+    until,
+    worker,
+    worker_env,
+)
 from tests.orch import Orchestrator
 
-ANSWER = "All done: the flux capacitor is fixed."
-_RESULT = f"echo '{{\"event\": \"result\", \"data\": {{\"result\": \"{ANSWER}\"}}}}'"
-POLICIES = {
-    "ok": f"agent = 'command'\ntimeout_s = 120\ncommand = ['sh', '-c', '''echo working; "
-    f"{_RESULT} ''']\n",
-    "slow": "agent = 'command'\nworkspace = 'ro'\ntimeout_s = 120\n"
-    f"command = ['sh', '-c', '''sleep 3; {_RESULT} ''']\n",
-    "broken": "agent = 'command'\ncommand = ['sh', '-c', 'echo trying; exit 1']\n",
-    "iso-edit": "agent = 'command'\nworkspace = 'isolated'\ntimeout_s = 120\n"
-    "command = ['sh', '-c', '''echo fixed >> README.md; " + _RESULT + " ''']\n",
-    "iso-noop": "agent = 'command'\nworkspace = 'isolated'\ntimeout_s = 120\n"
-    f"command = ['sh', '-c', '''{_RESULT} ''']\n",
-}
-
-
-@pytest.fixture
-async def gh(tmp_path: Path) -> AsyncIterator[FakeGitHub]:
-    root = tmp_path / "remotes"
-    root.mkdir()
-    fake = FakeGitHub(root)
-    await fake.start()
-    yield fake
-    await fake.close()
-
-
-@pytest.fixture
-def repo(gh: FakeGitHub) -> FakeRepo:
-    return gh.add_repo("acme", "rocket")
-
-
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-c", "safe.directory=*", "-C", str(repo), *args],
-                          capture_output=True, text=True, check=True).stdout.strip()
-
-
-@pytest.fixture
-def workspace() -> Iterator[Path]:
-    """The user's checkout: one commit, owned by the workspace uid. Outside pytest's
-    base directory: other test sessions on this machine reset that one to 0700,
-    and host-side git runs as the workspace's owner, who must reach it."""
-    top = Path(tempfile.mkdtemp(prefix="cbox-gh-"))
-    top.chmod(0o711)
-    ws = top / "ws"
-    ws.mkdir()
-    git(ws, "init", "-q", "-b", "main")
-    (ws / "README.md").write_text("hello\n")
-    git(ws, "add", ".")
-    git(ws, "-c", "user.name=User", "-c", "user.email=u@example.com", "commit", "-qm", "init")
-    for path in [ws, *ws.rglob("*")]:
-        os.lchown(path, WORKSPACE_UID, WORKSPACE_GID)
-    yield ws
-    shutil.rmtree(top, ignore_errors=True)
-
-
-@pytest.fixture
-async def orch(
-    orchestrator_factory: type[Orchestrator], tmp_path: Path, workspace: Path
-) -> Orchestrator:
-    # Host-side git of isolated tasks runs as the workspace's owner in the data dir.
-    for path in (tmp_path, tmp_path.parent, tmp_path.parent.parent):
-        path.chmod(path.stat().st_mode | 0o011)
-    policies = tmp_path / "policies"
-    policies.mkdir()
-    for name, text in POLICIES.items():
-        (policies / f"{name}.toml").write_text(text)
-    server = orchestrator_factory(
-        workspace=workspace, max_concurrent=4, env={"CBOX_POLICIES_DIR": str(policies)}
-    )
-    await server.start()
-    return server
-
-
-def worker_env(gh: FakeGitHub, server: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "CBOX_"))}
-    env.update({"GITHUB_API_URL": gh.url, "GITHUB_TOKEN": TOKEN, "GITHUB_REPOS": "acme/rocket",
-                "CBOX_SERVER": server, **extra})
-    return env
-
-
-async def start_worker(env: dict[str, str], *args: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "cbox", "worker", "github", *args,
-        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-
-
-async def worker(env: dict[str, str], *args: str, timeout_s: float = 240) -> tuple[int, str, str]:
-    proc = await start_worker(env, *args)
-    out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
-async def tasks_for(server: Orchestrator, issue: FakeIssue) -> list[dict[str, Any]]:
-    _, body = await server.request("GET", "/tasks", params={"limit": "500"})
-    found = [t for t in body["tasks"] if t["metadata"].get("github_issue_id") == issue.node_id]
-    return sorted(found, key=lambda t: t["created_at"])
-
-
-def trackers(gh: FakeGitHub, repo: FakeRepo, issue: FakeIssue) -> list[Any]:
-    return [c for c in gh.comments_on(repo, issue) if "<!-- cbox:task_" in c.body]
-
-
-async def until(predicate: Any, timeout_s: float = 120, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
+pytest_plugins = ("tests.github_fixtures",)
 
 # ------------------------------------------------------------ no orchestrator
 
@@ -359,9 +251,9 @@ async def test_failed_task_says_why_and_marks_the_issue_failed(
 
 @pytest.mark.docker
 async def test_isolated_run_pushes_the_branch_and_opens_one_draft_pull_request(
-    gh: FakeGitHub, repo: FakeRepo, orch: Orchestrator, workspace: Path
+    gh: FakeGitHub, repo: FakeRepo, orch: Orchestrator, checkout: Path
 ) -> None:
-    git(workspace, "push", "-q", repo.remote.as_uri(), "main:main")
+    git(checkout, "push", "-q", repo.remote.as_uri(), "main:main")
     issue = gh.add_issue(repo, "Fix the README")
 
     code, _, err = await worker(worker_env(gh, orch.url), "--policy", "iso-edit")
@@ -380,14 +272,14 @@ async def test_isolated_run_pushes_the_branch_and_opens_one_draft_pull_request(
     [tracker] = trackers(gh, repo, issue)
     assert pull["html_url"] in tracker.body
     # The user's repository holds the branch; its config was never read by host git:
-    assert git(workspace, "rev-parse", f"refs/heads/{branch}") == tip
+    assert git(checkout, "rev-parse", f"refs/heads/{branch}") == tip
 
 
 @pytest.mark.docker
 async def test_isolated_run_that_changes_nothing_opens_no_pull_request(
-    gh: FakeGitHub, repo: FakeRepo, orch: Orchestrator, workspace: Path
+    gh: FakeGitHub, repo: FakeRepo, orch: Orchestrator, checkout: Path
 ) -> None:
-    git(workspace, "push", "-q", repo.remote.as_uri(), "main:main")
+    git(checkout, "push", "-q", repo.remote.as_uri(), "main:main")
     issue = gh.add_issue(repo, "Look, but do not touch")
     code, _, err = await worker(worker_env(gh, orch.url), "--policy", "iso-noop")
     assert code == 0, (err, [c.body for c in gh.comments_on(repo, issue)])

@@ -57,15 +57,17 @@ def checkout() -> Iterator[Path]:
 async def orch(
     orchestrator_factory: type[Orchestrator], tmp_path: Path, checkout: Path
 ) -> Orchestrator:
-    # Host-side git of isolated tasks runs as the workspace owner in the data dir.
-    for path in (tmp_path, tmp_path.parent, tmp_path.parent.parent):
-        path.chmod(path.stat().st_mode | 0o011)
+    # Host-side git of isolated tasks runs as the workspace owner in the data
+    # dir, so it sits beside the checkout, outside pytest's base directory.
+    data = checkout.parent / "data"
+    data.mkdir()
     policies = tmp_path / "policies"
     policies.mkdir()
     for name, text in POLICIES.items():
         (policies / f"{name}.toml").write_text(text)
     server = orchestrator_factory(
-        workspace=checkout, max_concurrent=4, env={"CBOX_POLICIES_DIR": str(policies)}
+        workspace=checkout, max_concurrent=4,
+        env={"CBOX_POLICIES_DIR": str(policies), "CBOX_DATA_DIR": str(data)},
     )
     await server.start()
     return server

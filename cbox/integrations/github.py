@@ -14,7 +14,7 @@ neither working/failed label, a `priority:` label first, then oldest; then
 comments that mention the handle (`@claude`) written by a user whose
 repository permission is write or more (asked of the collaborator-permission
 endpoint; anyone else is ignored). A mention is pending until a tracking
-comment newer than it exists; on an issue that had tasks before it is a
+comment posted after it exists; on an issue that had tasks before it is a
 follow-up in the same session (one Claude Code session per issue).
 
 Never two tasks for one request. Two workers can both see the same issue; the
@@ -81,6 +81,7 @@ class GitHubWorker:
         self._busy: set[str] = set()
         self._refused: set[str] = set()
         self._ignored: set[str] = set()
+        self._isolated: set[str] = set()
         self._mention = re.compile(
             rf"(?<![\w@/]){re.escape(config.handle)}(?![\w-])", re.IGNORECASE
         )
@@ -98,6 +99,10 @@ class GitHubWorker:
             body = await self._orch(lambda: self.client.request("GET", "/policies"))
             known = {p["name"] for p in body["policies"]}
             known |= {a for p in body["policies"] for a in p.get("aliases") or []}
+            self._isolated = {
+                name for p in body["policies"] if p.get("workspace") == "isolated"
+                for name in [p["name"], *(p.get("aliases") or [])]
+            }
             if self.config.policy and self.config.policy not in known:
                 raise ConfigError(f"the orchestrator has no policy {self.config.policy!r} "
                                   "(--policy)")
@@ -138,10 +143,11 @@ class GitHubWorker:
             allowed: dict[str, bool] = {}
             for number in dict.fromkeys(c.issue_number for c in asks if c.issue_number):
                 comments = await self.github.comments(repo, number)
-                answered = max((t.comment.created_at for t in report.tracking(comments)),
-                               default=None)
-                pending = [c for c in comments if c.node_id in {a.node_id for a in asks}
-                           and (answered is None or c.created_at > answered)]
+                # Comment ids only grow (timestamps have whole seconds): a mention
+                # is answered by the first tracking comment posted after it.
+                answered = max((t.comment.id for t in report.tracking(comments)), default=0)
+                wanted = {a.node_id for a in asks}
+                pending = [c for c in comments if c.node_id in wanted and c.id > answered]
                 for comment in pending:
                     author = comment.author or ""
                     if author not in allowed:
@@ -255,7 +261,7 @@ class GitHubWorker:
             (p for label, p in self.config.label_policies.items() if label in issue.labels),
             self.config.policy,
         )
-        isolated = bool(policy and "isolated" in policy)
+        isolated = policy in self._isolated
         text = report.prompt(issue, comments, request=job.request,
                              recent=self.config.recent_comments, isolated=isolated)
         metadata = {

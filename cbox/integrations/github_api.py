@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
@@ -35,92 +34,25 @@ from githubkit.retry import RetryOption
 
 from cbox.errors import CboxError, ConfigError, GitHubError
 from cbox.integrations.github_auth import SourceAuth, TokenSource
+from cbox.integrations.github_models import (
+    WRITE_PERMISSIONS,
+    Comment,
+    Issue,
+    Repo,
+    RepoInfo,
+    priority_rank,
+)
+
+__all__ = [
+    "WRITE_PERMISSIONS", "Comment", "GitHubApi", "Issue", "Repo", "RepoInfo", "priority_rank",
+]
 
 logger = logging.getLogger("cbox.worker.github")
 
 DEFAULT_API_URL = "https://api.github.com"
 T = TypeVar("T")
 
-#: Permissions that may start work by mentioning the handle ("maintain" is
-#: reported as "write" in `permission`; `role_name` says "maintain").
-WRITE_PERMISSIONS = frozenset({"admin", "maintain", "write"})
-
 _NEXT = re.compile(r'<([^>]+)>\s*;\s*rel="next"')
-
-
-@dataclass(frozen=True, slots=True)
-class Repo:
-    owner: str
-    name: str
-
-    @property
-    def full_name(self) -> str:
-        return f"{self.owner}/{self.name}"
-
-    @classmethod
-    def parse(cls, text: str) -> Repo:
-        owner, sep, name = text.strip().partition("/")
-        if not sep or not owner or not name or "/" in name:
-            raise ConfigError(f"--repo wants OWNER/NAME, got {text!r}")
-        return cls(owner, name)
-
-
-@dataclass(frozen=True, slots=True)
-class RepoInfo:
-    repo: Repo
-    node_id: str
-    clone_url: str
-    default_branch: str
-
-
-@dataclass(frozen=True, slots=True)
-class Issue:
-    repo: Repo
-    number: int
-    node_id: str
-    title: str
-    body: str
-    url: str
-    author: str | None
-    labels: tuple[str, ...]
-    created_at: datetime
-    is_pull: bool
-
-    @property
-    def ref(self) -> str:
-        return f"{self.repo.full_name}#{self.number}"
-
-    @property
-    def sort_key(self) -> tuple[int, datetime, int]:
-        """A `priority:` label first (`priority:1`/`p1`/`priority: high` ...), then oldest."""
-        return priority_rank(self.labels), self.created_at, self.number
-
-
-@dataclass(frozen=True, slots=True)
-class Comment:
-    id: int
-    node_id: str
-    body: str
-    author: str | None
-    created_at: datetime
-    issue_number: int | None
-
-
-_WORDS = {"critical": 0, "urgent": 1, "highest": 1, "high": 2, "medium": 3, "normal": 3,
-          "low": 4, "lowest": 5}
-
-
-def priority_rank(labels: tuple[str, ...]) -> int:
-    """Rank of a `priority:` label: `priority:0`..`priority:9`, `p0`.., or a word; none: 10."""
-    best = 10
-    for label in labels:
-        name = label.strip().lower()
-        if not name.startswith("priority:"):
-            continue
-        value = name.removeprefix("priority:").strip().removeprefix("p")
-        rank = int(value) if value.isdigit() else _WORDS.get(value, 10)
-        best = min(best, rank)
-    return best
 
 
 class GitHubApi:
@@ -159,7 +91,7 @@ class GitHubApi:
             raise _error(f"GET repository {repo.full_name}", exc) from exc
         except (GitHubException, httpx.HTTPError) as exc:
             raise _error(f"GET repository {repo.full_name}", exc) from exc
-        data = resp.parsed_data
+        data = _parsed(f"GET repository {repo.full_name}", resp)
         return RepoInfo(repo, data.node_id, data.clone_url, data.default_branch)
 
     async def open_issues(self, repo: Repo, label: str) -> list[Issue]:
@@ -208,7 +140,7 @@ class GitHubApi:
             raise _error(f"permission of {user}", exc) from exc
         except (GitHubException, httpx.HTTPError) as exc:
             raise _error(f"permission of {user}", exc) from exc
-        data = resp.parsed_data
+        data = _parsed(f"permission of {user}", resp)
         role = data.role_name if isinstance(data.role_name, str) else ""
         return role if role in WRITE_PERMISSIONS else data.permission
 
@@ -297,12 +229,9 @@ class GitHubApi:
         """One call; its answer is parsed (validated) here, so a malformed one fails here."""
         try:
             resp = await call()
-            resp.parsed_data  # noqa: B018 - parsing is the check
         except (GitHubException, httpx.HTTPError) as exc:
             raise _error(what, exc) from exc
-        except pydantic.ValidationError as exc:
-            raise GitHubError(f"GitHub's answer to {what} does not match its schema: "
-                              f"{exc.errors()[0]}") from exc
+        _parsed(what, resp)
         return resp
 
     async def _pages(
@@ -349,6 +278,15 @@ async def _log_quota(response: httpx.Response) -> None:
             remaining, response.headers.get("x-ratelimit-limit", "?"),
             response.headers.get("x-ratelimit-resource", "core"),
         )
+
+
+def _parsed(what: str, resp: Response[T]) -> T:
+    """The answer as githubkit's model; one that does not validate is a GitHubError."""
+    try:
+        return resp.parsed_data
+    except pydantic.ValidationError as exc:
+        raise GitHubError(f"GitHub's answer to {what} does not match its schema: "
+                          f"{exc.errors()[0]}") from exc
 
 
 def _next_page(link: str) -> int | None:

@@ -8,7 +8,7 @@ a hidden marker `<!-- cbox:task_... for:<node id> state:<state> -->`: the task
 it tracks, what started it (the issue's node id, or the node id of the comment
 that mentioned the handle) and how far it got. The marker is how a restarted
 worker finds an unfinished report, and how a mention is known to be answered:
-a mention is pending until a tracking comment newer than it exists.
+a mention is pending until a tracking comment posted after it exists.
 """
 
 from __future__ import annotations

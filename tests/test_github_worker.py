@@ -75,10 +75,11 @@ async def test_every_fake_answer_parses_as_githubs_models(
                                       draft=True),
         await rest.pulls.async_list(o, r, state="open", head="acme:topic"),
         await rest.issues.async_list_for_repo(o, r, state="open"),  # now with the PR in it
+        await rest.users.async_get_authenticated(),
     ]
     for answer in answers:
         assert answer.parsed_data is not None
-    assert any(i.pull_request for i in answers[-1].parsed_data)
+    assert any(i.pull_request for i in answers[-2].parsed_data)
 
 
 async def test_pagination_follows_link_headers(gh: FakeGitHub, repo: FakeRepo) -> None:
@@ -121,7 +122,7 @@ async def test_dry_run_lists_in_order_and_changes_nothing(
     ("change", "needle"),
     [
         ({"GITHUB_TOKEN": ""}, "GITHUB_TOKEN is not set"),
-        ({"GITHUB_TOKEN": "ghp_wrong"}, "cannot be read with this credential (HTTP 401)"),
+        ({"GITHUB_TOKEN": "ghp_wrong"}, "GitHub refused GITHUB_TOKEN (HTTP 401"),
         ({"GITHUB_REPOS": "acme/nope"}, "acme/nope cannot be read"),
         ({"GITHUB_REPOS": "not-a-repo"}, "--repo wants OWNER/NAME"),
     ],
@@ -164,6 +165,7 @@ async def test_app_installation_token_is_fetched_and_refreshed(
                        clock=lambda: now[0])
     api = GitHubApi(gh.url, tokens)
     target = Repo("acme", "rocket")
+    assert await api.whoami() == "cbox-app[bot]"  # GET /app, with the App's JWT
     await api.repo(target)
     await api.open_issues(target, "claude")
     assert len(gh.issued) == 1  # one token serves both calls

@@ -92,6 +92,7 @@ class GitHubWorker:
         """Check the credential and every repository (and the orchestrator's policies)."""
         if not self.repos:
             raise ConfigError("no repository: pass --repo OWNER/NAME (or set GITHUB_REPOS)")
+        self.publisher.me = await self.github.whoami()
         for repo in self.repos:
             info = await self.github.repo(repo)
             self.publisher.repos[repo] = info
@@ -115,8 +116,9 @@ class GitHubWorker:
                     (self.config.failed_label, "d93f0b", "claude-box could not finish this"),
                 ):
                     await self.github.ensure_label(repo, name, color, text)
-        logger.info("GitHub %s, label %r, handle %s → orchestrator %s",
-                    ", ".join(r.full_name for r in self.repos), self.config.label,
+        logger.info("GitHub as %s: %s, label %r, handle %s → orchestrator %s",
+                    self.publisher.me, ", ".join(r.full_name for r in self.repos),
+                    self.config.label,
                     self.config.handle, self.config.server)
 
     # ------------------------------------------------------------------ intake
@@ -145,7 +147,8 @@ class GitHubWorker:
                 comments = await self.github.comments(repo, number)
                 # Comment ids only grow (timestamps have whole seconds): a mention
                 # is answered by the first tracking comment posted after it.
-                answered = max((t.comment.id for t in report.tracking(comments)), default=0)
+                ours = report.tracking(comments, self.publisher.me)
+                answered = max((t.comment.id for t in ours), default=0)
                 wanted = {a.node_id for a in asks}
                 pending = [c for c in comments if c.node_id in wanted and c.id > answered]
                 for comment in pending:

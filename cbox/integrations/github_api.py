@@ -33,7 +33,7 @@ from githubkit.exception import GitHubException, RateLimitExceeded, RequestFaile
 from githubkit.retry import RetryOption
 
 from cbox.errors import CboxError, ConfigError, GitHubError
-from cbox.integrations.github_auth import SourceAuth, TokenSource
+from cbox.integrations.github_auth import AppTokens, SourceAuth, TokenSource
 from cbox.integrations.github_models import (
     WRITE_PERMISSIONS,
     Comment,
@@ -77,6 +77,19 @@ class GitHubApi:
         pass  # githubkit opens a client per call unless used as a context manager
 
     # ---------------------------------------------------------------- reads
+
+    async def whoami(self) -> str:
+        """The login our comments carry: tracking comments are trusted only from it."""
+        if isinstance(self.source, AppTokens):
+            return await self.source.app_login()
+        try:
+            resp = await self._gh.rest.users.async_get_authenticated()
+        except RequestFailed as exc:
+            raise ConfigError(f"GitHub refused GITHUB_TOKEN (HTTP "
+                              f"{exc.response.status_code} on GET /user)") from exc
+        except (GitHubException, httpx.HTTPError) as exc:
+            raise _error("GET /user", exc) from exc
+        return _parsed("GET /user", resp).login
 
     async def repo(self, repo: Repo) -> RepoInfo:
         try:

@@ -73,6 +73,24 @@ class AppTokens:
         self._lock = asyncio.Lock()
         self.fetched = 0
 
+    async def app_login(self) -> str:
+        """The login the App's comments carry (`<slug>[bot]`), asked with the App's JWT."""
+        try:
+            resp = await self._app.rest.apps.async_get_authenticated()
+        except RequestFailed as exc:
+            raise ConfigError(f"GitHub refused the App's JWT (HTTP "
+                              f"{exc.response.status_code}): check GITHUB_APP_ID and the "
+                              "private key") from exc
+        except (GitHubException, httpx.HTTPError) as exc:
+            raise GitHubError(f"cannot ask GitHub about the App: {exc}") from exc
+        except ValueError as exc:
+            raise ConfigError(f"the GitHub App private key is not usable: {exc}") from exc
+        app = resp.parsed_data
+        if app is None:
+            raise GitHubError("GitHub did not describe the App")
+        slug = app.slug if isinstance(app.slug, str) else app.name
+        return f"{slug}[bot]"
+
     async def token(self) -> str:
         async with self._lock:
             if self._token is None or self._expires_s - self._clock() < self._margin_s:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from cbox.cli.client import Client
-from cbox.errors import CboxError, ClientError, ServerUnreachable
+from cbox.errors import CboxError, ClientError, GitHubError, ServerUnreachable
 from cbox.integrations import github_report as report
 from cbox.integrations.github_api import Comment, GitHubApi, Issue, Repo, RepoInfo
 from cbox.integrations.github_config import WorkerConfig
@@ -45,6 +45,7 @@ class Publisher:
         self.client = client
         self.repos: dict[Repo, RepoInfo] = {}
         self._warned: set[str] = set()
+        self.me: str | None = None  # our login, set by the worker's prepare()
 
     # ----------------------------------------------------------------- follow
 
@@ -146,11 +147,19 @@ class Publisher:
         finally:
             await asyncio.to_thread(shutil.rmtree, scratch, True)
         logger.info("%s: pushed %s (%s)", issue.ref, branch, str(iso["commit"])[:12])
-        return await self.github.create_pull(
-            issue.repo, title=f"{issue.title} (#{issue.number})"[:250], head=branch,
-            base=info.default_branch,
-            body=report.pull_body(issue, task, answer=answer, public_url=self.config.public_url),
-        )
+        try:
+            return await self.github.create_pull(
+                issue.repo, title=f"{issue.title} (#{issue.number})"[:250], head=branch,
+                base=info.default_branch,
+                body=report.pull_body(issue, task, answer=answer,
+                                      public_url=self.config.public_url),
+            )
+        except GitHubError as exc:
+            # 422: another worker (a recovery pass) opened it a moment ago.
+            found = await self.github.find_pull(issue.repo, branch) if exc.status == 422 else None
+            if found is None:
+                raise
+            return found
 
     # --------------------------------------------------------------- recovery
 
@@ -160,7 +169,8 @@ class Publisher:
             for issue in await self.github.open_issues(repo, self.config.working_label):
                 if issue.ref in busy:
                     continue
-                trackers = report.tracking(await self.github.comments(repo, issue.number))
+                comments = await self.github.comments(repo, issue.number)
+                trackers = report.tracking(comments, self.me or "")
                 if not trackers:
                     if issue.ref not in self._warned:
                         self._warned.add(issue.ref)
@@ -178,6 +188,12 @@ class Publisher:
                         raise
                     task = _lost(last.task_id)
                 if task["state"] not in TERMINAL:
+                    continue
+                meta = task.get("metadata") or {}
+                if "metadata" in task and (meta.get("github_issue_id") != issue.node_id
+                                           or meta.get("github_repo") != repo.full_name):
+                    logger.warning("%s: tracking comment names task %s of another issue; "
+                                   "ignoring it", issue.ref, task["id"])
                     continue
                 logger.info("%s: recovering task %s (%s)", issue.ref, task["id"], task["state"])
                 busy.add(issue.ref)

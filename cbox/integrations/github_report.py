@@ -40,14 +40,24 @@ def marker(task_id: str, source: str, state: str) -> str:
     return f"<!-- cbox:{task_id} for:{source} state:{state} -->"
 
 
-def tracking(comments: Sequence[Comment]) -> list[Tracking]:
-    """Our tracking comments, oldest first."""
+def tracking(comments: Sequence[Comment], author: str | None = None) -> list[Tracking]:
+    """Tracking comments, oldest first; only `author`'s (the worker's own identity) when
+    given: anyone can write a marker into a comment. Our marker is a comment's last line,
+    and what the agent wrote (placed before it) has its markers defused."""
     found = []
     for comment in comments:
-        match = _MARKER.search(comment.body)
-        if match:
-            found.append(Tracking(comment, match.group(1), match.group(2), match.group(3)))
+        if author is not None and comment.author != author:
+            continue
+        matches = list(_MARKER.finditer(comment.body))
+        if matches:
+            last = matches[-1]
+            found.append(Tracking(comment, last.group(1), last.group(2), last.group(3)))
     return found
+
+
+def defuse(text: str) -> str:
+    """Agent text cannot carry a marker of ours (it would fake a task's state)."""
+    return text.replace("<!-- cbox", "<!-- quoted-cbox")
 
 
 def is_ours(comment: Comment) -> bool:
@@ -150,12 +160,12 @@ def done_body(
         if pull_url:
             head += f" Draft pull request: {pull_url}"
     else:
-        reason = note or failure_reason(task)
+        reason = defuse(note or failure_reason(task))
         head = f"**claude-box failed: {_one_line(reason)}**"
     parts = [head, ""]
     if ok and (task.get("isolation") or {}).get("empty"):
         parts += ["The task changed nothing, so no pull request was opened.", ""]
-    text = (answer or "").strip()
+    text = defuse((answer or "").strip())
     if text:
         if len(text) > MAX_ANSWER_CHARS:
             text = text[:MAX_ANSWER_CHARS] + "\n\n… (cut; see the task log)"
@@ -178,8 +188,8 @@ def facts(task: dict[str, Any], public_url: str | None) -> list[str]:
 def pull_body(issue: Issue, task: dict[str, Any], *, answer: str | None,
               public_url: str | None) -> str:
     iso = task.get("isolation") or {}
-    summary = (answer or "").strip()[:MAX_ANSWER_CHARS] or "(the agent gave no summary)"
-    diffstat = str(iso.get("diffstat") or "")[:MAX_DIFFSTAT_CHARS]
+    summary = defuse((answer or "").strip()[:MAX_ANSWER_CHARS]) or "(the agent gave no summary)"
+    diffstat = defuse(str(iso.get("diffstat") or "")[:MAX_DIFFSTAT_CHARS])
     return "\n".join([
         f"Closes #{issue.number}",
         "",

@@ -142,6 +142,7 @@ class FakeGitHub:
         self.requests: list[Seen] = []
         self.mutations: list[tuple[str, str]] = []
         self.bot = User("cbox-bot")
+        self.app_bot = User("cbox-app[bot]", kind="Bot")
         self.users: dict[str, User] = {}
         self.app_id = "4242"
         self.app_public_key: str | None = None
@@ -214,6 +215,8 @@ class FakeGitHub:
         r.add_get(p + "/pulls", self._list_pulls)
         r.add_post(p + "/pulls", self._create_pull)
         r.add_post(r"/app/installations/{id:\d+}/access_tokens", self._access_token)
+        r.add_get("/app", self._get_app)
+        r.add_get("/user", self._get_user)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -243,7 +246,7 @@ class FakeGitHub:
                           "Please wait a few minutes before you try again.",
                           {"retry-after": spec["retry-after"]})
         scheme, _, credential = auth.partition(" ")
-        if request.path.startswith("/app/"):
+        if request.path == "/app" or request.path.startswith("/app/"):
             if scheme != "Bearer" or not self._valid_jwt(credential):
                 return _error(401, "A JSON web token could not be decoded")
         elif scheme.lower() not in ("token", "bearer") or not self._valid_token(credential):
@@ -396,7 +399,7 @@ class FakeGitHub:
         if n not in repo.issues:
             raise _not_found()
         body = (await request.json())["body"]
-        comment = Comment(n, body, self.bot)
+        comment = Comment(n, body, self._author(request))
         repo.comments.append(comment)
         return web.json_response(self._comment_json(repo, comment), status=201)
 
@@ -512,6 +515,34 @@ class FakeGitHub:
                                           "diff_url": pull["diff_url"],
                                           "patch_url": pull["patch_url"], "merged_at": None})
         return web.json_response(pull, status=201)
+
+    def _author(self, request: web.Request) -> User:
+        """Who a write is made as: the App's bot user for installation tokens."""
+        token = request.headers.get("Authorization", "").partition(" ")[2]
+        return self.app_bot if any(t == token for t, _ in self.issued) else self.bot
+
+    async def _get_user(self, request: web.Request) -> web.Response:
+        if self._author(request) is self.app_bot:  # installation tokens have no user
+            return _error(403, "Resource not accessible by integration")
+        now = _iso(datetime.now(UTC))
+        return web.json_response({
+            **self.bot.json(self.url), "name": "Cbox Bot", "company": None, "blog": "",
+            "location": None, "email": None, "hireable": None, "bio": None,
+            "public_repos": 0, "public_gists": 0, "followers": 0, "following": 0,
+            "created_at": now, "updated_at": now,
+        })
+
+    async def _get_app(self, request: web.Request) -> web.Response:
+        now = _iso(datetime.now(UTC))
+        return web.json_response({
+            "id": int(self.app_id), "slug": "cbox-app", "node_id": _node("A", int(self.app_id)),
+            "client_id": "Iv1.fake", "owner": self.user("acme").json(self.url),
+            "name": "cbox app", "description": "claude-box", "external_url": "https://x.example",
+            "html_url": "https://github.example/apps/cbox-app", "created_at": now,
+            "updated_at": now, "permissions": {"issues": "write", "contents": "write",
+                                                "pull_requests": "write"},
+            "events": ["issues", "issue_comment", "label"],
+        })
 
     async def _access_token(self, request: web.Request) -> web.Response:
         if int(request.match_info["id"]) != self.installation_id:

@@ -140,9 +140,12 @@ async def test_bad_configuration_fails_at_start_in_one_line(
     assert gh.mutations == []
 
 
-async def test_secondary_rate_limit_403_is_waited_out(gh: FakeGitHub, repo: FakeRepo) -> None:
+@pytest.mark.parametrize("primary", [False, True], ids=["retry-after", "ratelimit-reset"])
+async def test_rate_limit_403_is_waited_out(
+    gh: FakeGitHub, repo: FakeRepo, primary: bool
+) -> None:
     gh.add_issue(repo, "one")
-    gh.rate_limit_once(retry_after_s=1, status=403)
+    gh.rate_limit_once(retry_after_s=1, status=403, primary=primary)
     api = GitHubApi(gh.url, StaticToken(TOKEN))
     found = await api.open_issues(Repo("acme", "rocket"), "claude")
     assert [i.title for i in found] == ["one"]

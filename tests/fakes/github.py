@@ -187,9 +187,22 @@ class FakeGitHub:
         repo.comments.append(comment)
         return comment
 
-    def rate_limit_once(self, *, retry_after_s: int = 1, status: int = 403) -> None:
-        """Answer the next request as GitHub's secondary rate limit does."""
-        self._rate_limits.append({"retry-after": str(retry_after_s), "status": str(status)})
+    def rate_limit_once(
+        self, *, retry_after_s: int = 1, status: int = 403, primary: bool = False
+    ) -> None:
+        """Answer the next request as GitHub's secondary rate limit does (`retry-after`),
+        or, `primary`, as the exhausted hourly quota does (`x-ratelimit-remaining: 0`
+        and the reset time in epoch seconds)."""
+        if primary:
+            headers = {"x-ratelimit-limit": "5000", "x-ratelimit-remaining": "0",
+                       "x-ratelimit-used": "5000", "x-ratelimit-resource": "core",
+                       "x-ratelimit-reset": str(int(time.time()) + retry_after_s + 1)}
+            message = "API rate limit exceeded for installation ID 77."
+        else:
+            headers = {"retry-after": str(retry_after_s)}
+            message = ("You have exceeded a secondary rate limit. Please wait a few minutes "
+                       "before you try again.")
+        self._rate_limits.append({"status": str(status), "message": message, **headers})
 
     def comments_on(self, repo: Repo, issue: Issue) -> list[Comment]:
         return [c for c in repo.comments if c.issue == issue.number]
@@ -242,9 +255,8 @@ class FakeGitHub:
         if self._rate_limits:
             spec = self._rate_limits.pop(0)
             self.rate_limited.append(time.monotonic())
-            return _error(int(spec["status"]), "You have exceeded a secondary rate limit. "
-                          "Please wait a few minutes before you try again.",
-                          {"retry-after": spec["retry-after"]})
+            status, message = int(spec.pop("status")), spec.pop("message")
+            return _error(status, message, spec)
         scheme, _, credential = auth.partition(" ")
         if request.path == "/app" or request.path.startswith("/app/"):
             if scheme != "Bearer" or not self._valid_jwt(credential):

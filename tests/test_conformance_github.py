@@ -67,7 +67,8 @@ async def finished_isolated_task(
     git(ws, "push", "-q", repo.remote.as_uri(), "main:main")
     issue = gh.add_issue(repo, title, labels=("claude", "claude-working"))
     task = await orch.submit("edit the readme", policy="iso-edit",
-                             metadata={"github_issue_id": issue.node_id})
+                             metadata={"github_issue_id": issue.node_id,
+                                       "github_repo": repo.full_name})
     done = await orch.wait_done(task["id"])
     assert done["state"] == "completed", done
     body = f"**claude-box is working on this.**\n\n<!-- cbox:{task['id']} " \

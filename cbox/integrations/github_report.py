@@ -25,6 +25,7 @@ MAX_ANSWER_CHARS = 20_000
 MAX_DIFFSTAT_CHARS = 6_000
 FINAL_STATES = frozenset({"done", "failed"})
 
+_AT = re.compile(r"@(?=[A-Za-z0-9])")
 _MARKER = re.compile(r"<!-- cbox:(task_[A-Za-z0-9_-]+) for:(\S+) state:([a-z]+) -->")
 
 
@@ -56,8 +57,10 @@ def tracking(comments: Sequence[Comment], author: str | None = None) -> list[Tra
 
 
 def defuse(text: str) -> str:
-    """Agent text cannot carry a marker of ours (it would fake a task's state)."""
-    return text.replace("<!-- cbox", "<!-- quoted-cbox")
+    """Agent text cannot carry a marker of ours (it would fake a task's state), nor
+    @-mention anyone (a hostile agent would ping people, or wake another bot): a word
+    joiner after `@` keeps the text readable and the mention dead."""
+    return _AT.sub("@\u2060", text.replace("<!-- cbox", "<!-- quoted-cbox"))
 
 
 def is_ours(comment: Comment) -> bool:

@@ -73,8 +73,14 @@ class GitHubApi:
             async_event_hooks={"response": [_log_quota]},
         )
 
-    async def close(self) -> None:
-        pass  # githubkit opens a client per call unless used as a context manager
+    async def __aenter__(self) -> GitHubApi:
+        """Keep one HTTP client (and its connections) for the worker's lifetime;
+        outside `async with`, githubkit opens one per call."""
+        await self._gh.__aenter__()  # type: ignore[no-untyped-call]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._gh.__aexit__(None, None, None)
 
     # ---------------------------------------------------------------- reads
 

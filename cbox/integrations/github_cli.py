@@ -150,8 +150,9 @@ async def _main(config: WorkerConfig, source: TokenSource, *, dry_run: bool,
                 daemon: bool) -> int:
     runner = None
     try:
-        async with Client(config.server, config.token) as client:
-            api = GitHubApi(config.api_url, source)
+        async with Client(config.server, config.token) as client, GitHubApi(
+            config.api_url, source
+        ) as api:
             worker = GitHubWorker(config, api, client)
             await worker.prepare(check_orchestrator=not dry_run)
             if dry_run:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 from typing import Any
 
@@ -190,10 +191,11 @@ async def get_task_bundle(request: web.Request) -> web.StreamResponse:
     try:
         response = web.StreamResponse(
             headers={"Content-Type": "application/x-git-bundle",
-                     "Content-Length": str(path.stat().st_size)}
+                     "Content-Length": str(path.lstat().st_size)}
         )
         await response.prepare(request)
-        with path.open("rb") as file:
+        # O_NOFOLLOW: the helper wrote that directory; never follow a link out of it.
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as file:
             while chunk := await asyncio.to_thread(file.read, 1 << 20):
                 await response.write(chunk)
         await response.write_eof()

@@ -193,6 +193,30 @@ async def test_app_installation_token_is_fetched_and_refreshed(
     assert used == [f"token {gh.issued[0][0]}", f"token {gh.issued[1][0]}"]
 
 
+async def test_worker_runs_as_a_github_app(
+    gh: FakeGitHub, repo: FakeRepo, tmp_path: Path
+) -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    gh.app_public_key = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+    pem = tmp_path / "app.pem"
+    pem.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                      serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))
+    issue = gh.add_issue(repo, "for the app")
+    env = worker_env(gh, "http://127.0.0.1:9", GITHUB_TOKEN="", GITHUB_APP_ID=gh.app_id,
+                     GITHUB_APP_INSTALLATION_ID=str(gh.installation_id),
+                     GITHUB_APP_PRIVATE_KEY_FILE=str(pem))
+    code, out, err = await worker(env, "--dry-run")
+    assert code == 0, err
+    assert "as cbox-app[bot]" in err
+    assert f"acme/rocket#{issue.number}" in out
+    [(token, _)] = gh.issued
+    assert [s.authorization for s in gh.requests if s.path.startswith("/repos/")] == \
+        [f"token {token}"] * 2
+
+
 async def test_badly_signed_webhook_is_refused(unused_tcp_port: int) -> None:
     poke = asyncio.Event()
     runner = await serve(f"127.0.0.1:{unused_tcp_port}", "s3cret", poke)

@@ -79,6 +79,7 @@ class GitHubWorker:
         self.publisher = Publisher(config, github, client)
         self.poke = asyncio.Event()
         self._busy: set[str] = set()
+        self._starting: set[str] = set()
         self._refused: set[str] = set()
         self._ignored: set[str] = set()
         self._isolated: set[str] = set()
@@ -209,6 +210,15 @@ class GitHubWorker:
                     if not job_task.cancelled() and job_task.exception() is not None:
                         logger.error("%s: %s", ref, _one_line(job_task.exception()))
         stopping.cancel()
+        await self._shutdown(running)
+
+    async def _shutdown(self, running: dict[str, asyncio.Task[bool | None]]) -> None:
+        """Let claims finish submitting and posting their tracking comment (so no issue is
+        left labelled working with nothing to show), then drop the followers: their tasks
+        keep running and the next start's recovery pass reports them."""
+        starting = [job for ref, job in running.items() if ref in self._starting]
+        if starting:
+            await asyncio.wait(starting, timeout=30)
         for job_task in running.values():
             job_task.cancel()
         await asyncio.gather(*running.values(), return_exceptions=True)
@@ -227,6 +237,7 @@ class GitHubWorker:
         cfg = self.config
         issue = job.issue
         self._busy.add(issue.ref)
+        self._starting.add(issue.ref)
         try:
             fresh = await self.github.issue(issue.repo, issue.number)
             labels = set(fresh.labels)
@@ -254,8 +265,10 @@ class GitHubWorker:
                 issue.repo, issue.number,
                 report.progress_body(task["id"], job.source, "queued", cfg.public_url),
             )
+            self._starting.discard(issue.ref)
             return await self.publisher.follow_and_report(fresh, task["id"], job.source, tracker)
         finally:
+            self._starting.discard(issue.ref)
             self._busy.discard(issue.ref)
 
     def _spec(self, job: Job, comments: list[Comment]) -> dict[str, Any]:

@@ -414,3 +414,33 @@ async def test_daemon_with_webhook_takes_a_labelled_issue_and_stops_cleanly(
         proc.send_signal(signal.SIGTERM)
         _, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+async def test_restart_finishes_a_dead_workers_report_once(
+    gh: FakeGitHub, repo: FakeRepo, orch: Orchestrator
+) -> None:
+    issue = gh.add_issue(repo, "Survive a crash")
+    env = worker_env(gh, orch.url)
+    proc = await start_worker(env, "--policy", "slow")
+    await until(lambda: trackers(gh, repo, issue), what="the tracking comment")
+    proc.kill()
+    await proc.wait()
+    [task] = await tasks_for(orch, issue)
+    await orch.wait_done(task["id"])
+    [tracker] = trackers(gh, repo, issue)
+    assert "state:done" not in tracker.body and "claude-working" in issue.labels
+
+    code, _, err = await worker(env, "--policy", "slow")
+    assert code == 0, err
+    assert "recovering task" in err
+    [tracker] = trackers(gh, repo, issue)
+    assert tracker.body.startswith("**claude-box finished.**") and ANSWER in tracker.body
+    assert "claude-working" not in issue.labels
+    assert len(await tasks_for(orch, issue)) == 1  # not run again
+
+    before = len(gh.mutations)
+    code, _, err = await worker(env, "--policy", "slow")
+    assert code == 0, err
+    assert len(gh.mutations) == before  # nothing posted or changed twice

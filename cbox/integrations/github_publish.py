@@ -122,6 +122,7 @@ class Publisher:
         ok = ok and note is None
         if ok:
             await self.github.remove_label(issue.repo, issue.number, cfg.label)
+            await self.github.remove_label(issue.repo, issue.number, cfg.failed_label)
         else:
             await self.github.add_labels(issue.repo, issue.number, [cfg.failed_label])
         await self.github.remove_label(issue.repo, issue.number, cfg.working_label)

@@ -364,6 +364,22 @@ async def test_mentions_from_maintainers_start_a_follow_up_others_are_ignored(
 
 
 @pytest.mark.docker
+async def test_an_active_task_for_the_issue_is_not_started_again(
+    gh: FakeGitHub, repo: FakeRepo, orch: Orchestrator
+) -> None:
+    """The orchestrator's idempotency key (the issue's node id) is the arbiter."""
+    issue = gh.add_issue(repo, "Already being worked on elsewhere")
+    other = await orch.submit("the other worker's task", policy="slow",
+                              idempotency_key=issue.node_id,
+                              metadata={"github_issue_id": issue.node_id})
+    code, _, err = await worker(worker_env(gh, orch.url), "--policy", "slow")
+    assert code == 0, err
+    assert "another worker" in err
+    assert [t["id"] for t in await tasks_for(orch, issue)] == [other["id"]]
+    assert trackers(gh, repo, issue) == []
+
+
+@pytest.mark.docker
 @pytest.mark.slow
 async def test_two_workers_at_once_run_one_task_for_one_issue(
     gh: FakeGitHub, repo: FakeRepo, orch: Orchestrator

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from githubkit import GitHub
@@ -215,6 +216,33 @@ async def test_worker_runs_as_a_github_app(
     [(token, _)] = gh.issued
     assert [s.authorization for s in gh.requests if s.path.startswith("/repos/")] == \
         [f"token {token}"] * 2
+
+
+async def test_orchestrator_token_from_the_token_file_a_local_server_wrote(
+    gh: FakeGitHub, repo: FakeRepo, tmp_path: Path, unused_tcp_port: int
+) -> None:
+    seen: list[str] = []
+
+    async def policies(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization", ""))
+        return web.json_response({"error": {"type": "Unauthorized", "message": "no"}},
+                                 status=401)
+
+    app = web.Application()
+    app.router.add_get("/policies", policies)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", unused_tcp_port).start()
+    (tmp_path / ".config" / "cbox").mkdir(parents=True)
+    (tmp_path / ".config" / "cbox" / "api-token").write_text("file-token\n")
+    try:
+        code, _, err = await worker(
+            worker_env(gh, f"http://127.0.0.1:{unused_tcp_port}", HOME=str(tmp_path)))
+    finally:
+        await runner.cleanup()
+    assert code == 3, err
+    assert seen == ["Bearer file-token"]
+    assert gh.mutations == []
 
 
 async def test_badly_signed_webhook_is_refused(unused_tcp_port: int) -> None:

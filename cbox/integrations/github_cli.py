@@ -25,6 +25,7 @@ import click
 from pydantic import ValidationError
 
 from cbox.cli.client import Client
+from cbox.cli.defaults import resolve_token
 from cbox.errors import CboxError, ConfigError
 from cbox.integrations.github import GitHubWorker
 from cbox.integrations.github_api import DEFAULT_API_URL, GitHubApi
@@ -62,7 +63,10 @@ def _label_policy(
               help="A comment mentioning this asks for work (env GITHUB_HANDLE).")
 @click.option("--server", envvar="CBOX_SERVER", default="http://127.0.0.1:8080",
               show_default=True, help="Orchestrator URL (env CBOX_SERVER).")
-@click.option("--token", envvar="CBOX_API_TOKEN", default=None, help="Orchestrator API token.")
+@click.option("--token", envvar="CBOX_API_TOKEN", default=None,
+              callback=lambda ctx, param, value: resolve_token(value),
+              help="Orchestrator API token (env CBOX_API_TOKEN; default: the token file a "
+              "local server wrote), sent as the CLI sends it.")
 @click.option("--max-parallel", type=click.IntRange(1, 64), default=1, show_default=True,
               envvar="CBOX_GITHUB_MAX_PARALLEL", help="Daemon: issues run at once.")
 @click.option("--policy", envvar="CBOX_GITHUB_POLICY",

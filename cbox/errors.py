@@ -14,7 +14,8 @@
     ├── ImageBuildError        `cbox image build` failed, with the engine's message
     ├── ClientError            the CLI could not talk to a server
     │   └── ServerUnreachable
-    └── LinearError            Linear's API refused a request or could not be reached
+    ├── LinearError            Linear's API refused a request or could not be reached
+    └── GitHubError            GitHub's API refused a request, or a push failed
 
 Foreign exceptions (aiodocker, aiohttp, sqlite) are translated once, in the
 module that talks to them, with `raise ... from exc`. The HTTP layer maps this
@@ -98,3 +99,15 @@ class LinearError(CboxError):
     Bad configuration found at start (key, team, label) is a `ConfigError`
     instead, so the worker can say it in one line and exit.
     """
+
+
+class GitHubError(CboxError):
+    """GitHub's API refused a request or could not be reached, or a push failed.
+
+    Bad configuration found at start (token, App key, repository, label) is a
+    `ConfigError` instead, as for Linear.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status

@@ -30,6 +30,7 @@ from cbox.models import (
     TaskState,
     new_task_id,
 )
+from cbox.orchestrator.bundle import Bundler
 from cbox.orchestrator.container import (
     Workspace,
     container_config,
@@ -111,6 +112,9 @@ class TaskService:
         self.sessions = SessionManager(store, docker, settings.instance)
         self.isolator = Isolator(
             settings.work_dir / "isolated", docker, settings.instance, settings.git_timeout_s
+        )
+        self.bundler = Bundler(
+            settings.work_dir / "bundles", docker, settings.instance, settings.image
         )
         self._submit_lock = asyncio.Lock()
         self._flush_lock = asyncio.Lock()
@@ -229,6 +233,11 @@ class TaskService:
                 return
             if not await tlog.wait(seq, wait_s) and keepalive_s is not None:
                 yield None
+
+    async def bundle(self, task_id: str) -> Path:
+        """A git bundle of an isolated task's branch (`bundle.py`); the caller
+        removes the file's directory."""
+        return await self.bundler.create(await self.get(task_id))
 
     async def raw_lines(self, task_id: str, *, after: int = 0, limit: int = 10_000) -> list[str]:
         await self.get(task_id)

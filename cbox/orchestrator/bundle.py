@@ -18,9 +18,8 @@ back (someone, or a later agent, moved it). The helper's word is still not
 trusted: the bundle is untrusted data, and its consumer checks that the
 branch's tip in it is the task's recorded `isolation.commit`.
 
-Self-contained on purpose: it uses only `DockerBackend.run_helper` and the
-branch naming of `isolated.py`, so the host-git work moving into helper
-containers elsewhere does not collide with it.
+It runs in the same kind of helper box as every other git step
+(`gitbox.helper_config`), under the same deadline (`CBOX_GIT_TIMEOUT_S`).
 """
 
 from __future__ import annotations
@@ -33,13 +32,13 @@ from pathlib import Path
 
 from cbox.errors import Conflict, TaskNotFound
 from cbox.models import Task
-from cbox.orchestrator.docker import LABEL_INSTANCE, LABEL_MANAGED, DockerBackend
+from cbox.orchestrator.docker import DockerBackend
+from cbox.orchestrator.gitbox import helper_config
 from cbox.orchestrator.isolated import branch_name
 
 #: A bundle bigger than this is refused (the branch holds the repository's
 #: whole history; far past this, a pull request is not the way to ship it).
 MAX_BUNDLE_BYTES = 2 * 1024**3
-BUNDLE_TIMEOUT_S = 300.0
 BUNDLE_FILE = "task.bundle"
 
 # $1 ref, $2 expected tip. Config that could run programs is switched off as
@@ -56,7 +55,6 @@ git bundle create /out/task.bundle "$1" 2>/dev/null
 """
 
 _GIT_ENV = {
-    "HOME": "/tmp",
     "GIT_CONFIG_NOSYSTEM": "1",
     "GIT_CONFIG_GLOBAL": "/dev/null",
     "GIT_TERMINAL_PROMPT": "0",
@@ -79,8 +77,11 @@ class BundleError(Conflict):
 class Bundler:
     """Makes bundles of isolated tasks' branches in helper containers."""
 
-    def __init__(self, root: Path, docker: DockerBackend, instance: str, image: str) -> None:
+    def __init__(
+        self, root: Path, docker: DockerBackend, instance: str, image: str, timeout_s: float
+    ) -> None:
         self.root = root
+        self.timeout_s = timeout_s
         self.docker = docker
         self.instance = instance
         self.image = image
@@ -112,28 +113,15 @@ class Bundler:
     async def _run(
         self, task_id: str, repo: Path, scratch: Path, commit: str, uid: int, gid: int
     ) -> None:
-        config = {
-            "Image": self.image,
-            "Entrypoint": ["/bin/sh", "-c"],
-            "Cmd": [_SCRIPT, "sh", f"refs/heads/{branch_name(task_id)}", commit],
-            "User": f"{uid}:{gid}",
-            "Env": [f"{k}={v}" for k, v in _GIT_ENV.items()],
-            "Labels": {LABEL_MANAGED: "true", LABEL_INSTANCE: self.instance},
-            "NetworkDisabled": True,
-            "HostConfig": {
-                "Binds": [f"{repo}:/repo:ro", f"{scratch}:/out:rw"],
-                "CapDrop": ["ALL"],
-                "SecurityOpt": ["no-new-privileges"],
-                "ReadonlyRootfs": True,
-                "Tmpfs": {"/tmp": "rw,nosuid,nodev,size=16m"},
-                "NetworkMode": "none",
-                "Memory": 1024 * 1024 * 1024,
-                "MemorySwap": 1024 * 1024 * 1024,
-                "PidsLimit": 64,
-            },
-        }
+        # Hardened like every git step (`gitbox.helper_config`); the repository read-only.
+        config = helper_config(
+            self.instance, self.image, _SCRIPT,
+            [f"refs/heads/{branch_name(task_id)}", commit],
+            [f"{repo}:/repo:ro", f"{scratch}:/out:rw"], uid, gid,
+        )
+        config["Env"] = [*config["Env"], *(f"{k}={v}" for k, v in _GIT_ENV.items())]
         name = f"cbox-bundle-{task_id}-{secrets.token_hex(3)}"
-        code, output = await self.docker.run_helper(name, config, timeout_s=BUNDLE_TIMEOUT_S)
+        code, output = await self.docker.run_helper(name, config, timeout_s=self.timeout_s)
         if code != 0:
             raise BundleError(
                 f"bundling branch {branch_name(task_id)} failed: {output.strip()[-300:]}"

@@ -114,7 +114,8 @@ class TaskService:
             settings.work_dir / "isolated", docker, settings.instance, settings.git_timeout_s
         )
         self.bundler = Bundler(
-            settings.work_dir / "bundles", docker, settings.instance, settings.image
+            settings.work_dir / "bundles", docker, settings.instance, settings.image,
+            settings.git_timeout_s,
         )
         self._submit_lock = asyncio.Lock()
         self._flush_lock = asyncio.Lock()

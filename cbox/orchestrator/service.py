@@ -51,7 +51,7 @@ from cbox.orchestrator.sessions import SessionManager, SessionMount
 from cbox.orchestrator.store import Store
 from cbox.orchestrator.streamjson import CommandParser, ParsedEvent, StreamJsonParser
 from cbox.orchestrator.tasklog import TAIL_EVENTS, TaskLog
-from cbox.policies import EffectiveLimits, PolicySet
+from cbox.policies import EffectiveLimits, PolicySet, check_passthrough
 from cbox.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -129,6 +129,7 @@ class TaskService:
         await self.docker.ping()
         await self.networks.start()
         await self._recover()
+        await self.networks.sweep(list(self._tasks.values()))
         self._flusher = asyncio.create_task(self._flush_loop(), name="cbox-flusher")
         self._dispatch()
         self.pool.start()
@@ -243,6 +244,7 @@ class TaskService:
                 if existing is not None and existing.id not in self._tasks:
                     return Submitted(await self.get(existing.id), created=False)
             limits = self.policies.resolve(spec)
+            self.networks.firewall.check(limits.policy.network)
             workspace = resolve_workspace(
                 spec.workspace,
                 self.settings.workspace_dir,
@@ -324,6 +326,7 @@ class TaskService:
             workspace = resolve_workspace(
                 None, self.settings.workspace_dir, self.settings.allowed_workspace_roots
             )
+            self.networks.firewall.check(limits.policy.network)
         except CboxError:
             return  # no usable default: shapes are learnt from the tasks that come
         if not limits.isolated:
@@ -455,7 +458,14 @@ class TaskService:
         try:
             await self.networks.open(task, run.limits)
         except (CboxError, OSError) as exc:
-            log.warning("re-opening the gateway of %s failed: %s", task.id, exc)
+            # Fail closed: a box that cannot be confined (or reached) again is stopped.
+            log.error("re-confining adopted task %s failed: %s; stopping it", task.id, exc)
+            task.outcome.error = f"could not re-confine the box after a restart: {exc}"
+            if task.container_id:
+                with contextlib.suppress(CboxError):
+                    await self.docker.stop(task.container_id, 0)
+            await self._finish(task, TaskState.FAILED)
+            return
         # Rebuild the parser's state from the lines already processed.
         after = 0
         while after < task.lines_consumed:
@@ -487,9 +497,14 @@ class TaskService:
             tlog.append("log", {"line": f"egress denied: {target} ({reason})"})
 
     def _passthrough(self, limits: EffectiveLimits) -> dict[str, str]:
-        import os  # the only environment read outside Settings: names the policy lists
-
-        return {n: os.environ[n] for n in limits.policy.env_passthrough if n in os.environ}
+        """The variables a policy passes in, checked again now: the environment or
+        the credentials may have changed since the policy was loaded."""
+        environ = self.settings.host_env()
+        check_passthrough(
+            limits.policy, f"of policy {limits.policy.name!r}", environ,
+            self.settings.credentials(),
+        )
+        return {n: environ[n] for n in limits.policy.env_passthrough if n in environ}
 
     async def _follow(self, run: _Run) -> None:
         task = run.task
@@ -769,7 +784,9 @@ async def running_service(settings: Settings) -> AsyncIterator[TaskService]:
     """Build the service from settings, start it, and close it on exit."""
     from cbox.orchestrator.store import SqliteStore
 
-    policies = PolicySet.load(settings.policies_dir)
+    policies = PolicySet.load(
+        settings.policies_dir, environ=settings.host_env(), secrets=settings.credentials()
+    )
     service = TaskService(
         settings, SqliteStore(settings.db_path), DockerBackend(settings.docker_host), policies
     )

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 
 from cbox.cli import render
 from cbox.cli.client import Client
-from cbox.errors import CboxError
+from cbox.errors import CboxError, ImageNotFound
 from cbox.orchestrator.container import NON_FORWARDING_DNS
 from cbox.orchestrator.dnsprobe import ADVISORY, FIXED_IN, engine_affected, probe
 from cbox.orchestrator.docker import DockerBackend
@@ -48,11 +48,14 @@ async def run_checks(settings: Settings, server: str) -> int:
     async def dns() -> str:
         version = str((await docker.ping()).get("ServerVersion", "?"))
         affected = engine_affected(version)
-        if os.geteuid() != 0:
-            result = None
-            how = "by version only (the probe needs root)"
-        else:
-            result = await probe(docker, settings.image)
+        result = None
+        how = "by version only (the probe needs root)"
+        if os.geteuid() == 0:
+            try:
+                result = await probe(docker, settings.image)
+            except ImageNotFound:
+                how = "by version only (no sandbox image to probe with)"
+        if result is not None:
             plural = "query" if result.queries == 1 else "queries"
             how = (
                 f"probe: {result.queries} {plural} from an internal network reached a "
@@ -61,7 +64,9 @@ async def run_checks(settings: Settings, server: str) -> int:
             )
         leaks = result.leaked if result is not None else bool(affected)
         if not leaks:
-            return f"Docker {version} does not forward DNS from internal networks ({how})"
+            patched = "; its version is in the advisory's range, so a patched build" if (
+                affected and result is not None) else ""
+            return f"Docker {version} does not forward DNS from internal networks ({how}{patched})"
         finding = (
             f"Docker {version} forwards DNS queries from internal networks, a way to "
             f"exfiltrate data ({ADVISORY}; fixed in {FIXED_IN}); {how}."

@@ -151,7 +151,7 @@ class EgressProxy:
             return
         except (asyncio.IncompleteReadError, TimeoutError, OSError):
             return
-        request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+        request_line = head.split(b"\r\n", 1)[0].decode("utf-8", errors="replace")
         shown = request_line[:200]
         try:
             target, ip, port = await self._check(rules, request_line)

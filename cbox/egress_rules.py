@@ -37,6 +37,9 @@ _EXTRA_DENIED: tuple[IPNetwork, ...] = (
 )
 
 
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
 def is_hostname(name: str) -> bool:
     """An LDH host name (underscores tolerated), lower case, without a trailing dot."""
     if not name or len(name) > 253 or name != name.lower():
@@ -89,10 +92,16 @@ def check_port_entry(entry: int | str) -> tuple[int, int]:
 def dangerous(ip: IPAddress) -> str | None:
     """Why an address must not be reached unless listed, or None for a public address."""
     if isinstance(ip, ipaddress.IPv6Address):
+        # IPv6 forms that carry an IPv4 address the packets may end up at.
         mapped = ip.ipv4_mapped
         if mapped is not None:
             why = dangerous(mapped)
             return f"an IPv4-mapped form of {why}" if why else None
+        embedded = ip.sixtofour or (
+            ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF) if ip in _NAT64 else None
+        )
+        if embedded is not None and (why := dangerous(embedded)):
+            return f"a 6to4/NAT64 form of {why}"
     if ip.is_unspecified:
         return "the unspecified address"
     if ip.is_loopback:

@@ -107,10 +107,13 @@ class EgressProxy:
                 with contextlib.suppress(OSError, RuntimeError):
                     writer.close()
 
-        server = await asyncio.start_server(handle, host, port, limit=MAX_HEADER_BYTES)
+        server = await asyncio.start_server(
+            handle, host, port, limit=MAX_HEADER_BYTES, start_serving=False
+        )
         bound = int(server.sockets[0].getsockname()[1])
         holder.append(_Proxy(server, bound))
         self._proxies[task_id] = holder[0]
+        await server.start_serving()  # only now: `handle` needs its proxy
         return bound
 
     def tunnels(self, task_id: str) -> int:

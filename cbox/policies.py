@@ -95,11 +95,15 @@ class Policy(BaseModel):
 CREDENTIAL_NAMES = frozenset(
     {
         "ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN",
-        "LINEAR_API_KEY", "GITHUB_TOKEN", "GH_TOKEN", "GITHUB_PAT", "GIT_ASKPASS",
+        "LINEAR_API_KEY", "GITHUB_TOKEN", "GH_TOKEN", "GITHUB_PAT",
         "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-        "GOOGLE_APPLICATION_CREDENTIALS", "AZURE_CLIENT_SECRET", "OPENAI_API_KEY",
-        "DOCKER_HOST", "DOCKER_AUTH_CONFIG", "SSH_AUTH_SOCK", "NPM_TOKEN", "PYPI_TOKEN",
+        "AZURE_CLIENT_SECRET", "OPENAI_API_KEY", "DOCKER_AUTH_CONFIG", "NPM_TOKEN",
+        "PYPI_TOKEN",
     }
+)
+#: Variables that are a way to a credential rather than one (sockets, helpers, files).
+ACCESS_NAMES = frozenset(
+    {"DOCKER_HOST", "SSH_AUTH_SOCK", "GIT_ASKPASS", "GOOGLE_APPLICATION_CREDENTIALS"}
 )
 #: A credential shorter than this is only matched whole, not as a substring.
 MIN_SECRET_CHARS = 8
@@ -110,7 +114,7 @@ def passthrough_problem(
 ) -> str | None:
     """Why passing host variable `name` into a box would leak a credential, or None."""
     upper = name.upper()
-    if upper in CREDENTIAL_NAMES or upper.startswith("CBOX_"):
+    if upper in CREDENTIAL_NAMES or upper in ACCESS_NAMES or upper.startswith("CBOX_"):
         return f"{name} is a credential variable and never enters a box"
     if environ is None or name not in environ:
         return None

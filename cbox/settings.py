@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from cbox.api.authority import allowed_host_name
 
 
 def _default_data_dir() -> Path:
@@ -87,7 +89,16 @@ class Settings(BaseSettings):
     )
     api_token: SecretStr | None = Field(
         None,
-        description="CBOX_API_TOKEN: when set, API calls need `Authorization: Bearer <token>`.",
+        description="CBOX_API_TOKEN: the token API calls must carry as `Authorization: "
+        "Bearer <token>`. Unset: the server uses (or generates) the one in CBOX_API_TOKEN_FILE; "
+        "there is no way to turn the check off.",
+    )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="CBOX_ALLOWED_HOSTS (comma-separated): host names, besides IP literals, "
+        "`localhost` and this machine's own names, that requests may name in their `Host` "
+        "header (e.g. the name of a reverse proxy in front of the API). Anything else is "
+        "refused, so that a DNS-rebinding web page cannot talk to the API.",
     )
     host_firewall: Literal["auto", "on", "off"] = Field(
         "auto",
@@ -109,8 +120,9 @@ class Settings(BaseSettings):
     )
     api_token_file: Path = Field(
         default_factory=lambda: Path.home() / ".config" / "cbox" / "api-token",
-        description="CBOX_API_TOKEN_FILE: where a generated API token is kept (mode 0600) "
-        "when the server listens beyond loopback without CBOX_API_TOKEN; the CLI reads it.",
+        description="CBOX_API_TOKEN_FILE: where the API token is kept (mode 0600) when "
+        "CBOX_API_TOKEN is not set; generated at the first start. The CLI and the Linear "
+        "worker on this machine read it.",
     )
     max_body_bytes: int = Field(
         1_048_576, ge=1024, description="CBOX_MAX_BODY_BYTES: request body size cap."
@@ -143,17 +155,68 @@ class Settings(BaseSettings):
         description="CBOX_INSTANCE: name of this orchestrator; it only adopts or removes "
         "containers labelled with the same name.",
     )
+    # -- webhooks (cbox.webhooks; README "Webhooks")
+    public_url: str | None = Field(
+        None,
+        description="CBOX_PUBLIC_URL: this server's address as receivers reach it, for the "
+        "links in webhook payloads; default http://<AGENT_HOST>:<AGENT_PORT>.",
+    )
+    webhooks_file: Path | None = Field(
+        None, description="CBOX_WEBHOOKS_FILE: TOML file of webhook subscriptions."
+    )
+    webhook_allowed_urls: list[str] = Field(
+        default_factory=list,
+        description="CBOX_WEBHOOK_ALLOWED_URLS (JSON list of `scheme://host[:port]`, host may "
+        "start with `*.`): the only places webhooks are sent to. Empty: none.",
+    )
+    webhook_secret: SecretStr | None = Field(
+        None, description="CBOX_WEBHOOK_SECRET (whsec_...): signs deliveries to tasks' notify_url."
+    )
+    webhook_previous_secret: SecretStr | None = Field(
+        None, description="CBOX_WEBHOOK_PREVIOUS_SECRET: also signs them, during a rotation."
+    )
+    webhook_timeout_s: float = Field(
+        5.0, gt=0, le=60, description="CBOX_WEBHOOK_TIMEOUT_S: one delivery attempt, at most."
+    )
+    webhook_retry_scale: float = Field(
+        1.0, gt=0, description="CBOX_WEBHOOK_RETRY_SCALE: multiplies the retry schedule."
+    )
+    webhook_concurrency: int = Field(
+        2, ge=1, le=64, description="CBOX_WEBHOOK_CONCURRENCY: attempts in flight per receiver."
+    )
+    webhook_stall_s: float = Field(
+        300.0, ge=0,
+        description="CBOX_WEBHOOK_STALL_S: a running task silent this long is `task.stalled` "
+        "(0: never).",
+    )
+    webhook_max_field_chars: int = Field(
+        4096, ge=64,
+        description="CBOX_WEBHOOK_MAX_FIELD_CHARS: `result`, `prompt` and `error` are cut to "
+        "this in payloads.",
+    )
     docker_host: str | None = Field(
         None,
         validation_alias=AliasChoices("DOCKER_HOST", "CBOX_DOCKER_HOST"),
         description="DOCKER_HOST: engine address; default is the local socket.",
     )
 
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part for part in value.split(",") if part.strip()]
+        if isinstance(value, list):
+            return [allowed_host_name(str(part)) for part in value]
+        return value
+
     def credentials(self) -> list[str]:
         """The real credentials this server holds, for the env_passthrough check."""
         found = [
             s.get_secret_value()
-            for s in (self.anthropic_api_key, self.claude_code_oauth_token, self.api_token)
+            for s in (
+                self.anthropic_api_key, self.claude_code_oauth_token, self.api_token,
+                self.webhook_secret, self.webhook_previous_secret,
+            )
             if s is not None
         ]
         from cbox.policies import CREDENTIAL_NAMES

@@ -43,6 +43,7 @@ from cbox.orchestrator.docker import (
     wait_quietly,
 )
 from cbox.orchestrator.isolated import Isolator, check_repository
+from cbox.orchestrator.listener import NullListener, TaskListener
 from cbox.orchestrator.networks import TaskNetworks
 from cbox.orchestrator.outcome import Ending, apply_result, decide
 from cbox.orchestrator.pool import Shape, Slot, WarmPool
@@ -88,8 +89,10 @@ class TaskService:
         store: Store,
         docker: DockerBackend,
         policies: PolicySet,
+        listener: TaskListener | None = None,
     ) -> None:
         self.settings = settings
+        self.listener: TaskListener = listener or NullListener()
         self.store = store
         self.docker = docker
         self.policies = policies
@@ -245,6 +248,7 @@ class TaskService:
                     return Submitted(await self.get(existing.id), created=False)
             limits = self.policies.resolve(spec)
             self.networks.firewall.check(limits.policy.network)
+            self.listener.check(spec)
             workspace = resolve_workspace(
                 spec.workspace,
                 self.settings.workspace_dir,
@@ -431,6 +435,7 @@ class TaskService:
         task.state = TaskState.RUNNING
         task.started_at = time.time()
         _running(run, tlog)
+        self.listener.task_event(task, "started")
         # No flush here: the flusher stores `running` within 50 ms, and a
         # crash before that finds a queued task with a container, which
         # recovery removes before running the task again.
@@ -450,6 +455,7 @@ class TaskService:
         task.state = TaskState.RUNNING
         task.started_at = time.time()
         _running(run, tlog, warm=True)
+        self.listener.task_event(task, "started")
         return True
 
     async def _adopt(self, run: _Run) -> None:
@@ -629,6 +635,8 @@ class TaskService:
             },
         )
         tlog.close()
+        run = self._runs.get(task.id)
+        self.listener.task_event(task, "over_budget" if run and run.over_budget else state.value)
         # Out of the running set at once, so /status and /stop never see a
         # finished task; the live copy stays readable until the store has it.
         self._runs.pop(task.id, None)
@@ -701,7 +709,10 @@ class TaskService:
                     continue
                 task.last_seq = tlog.last_seq
                 events, raw = tlog.take_pending()
-                await self.store.append(task, events, raw)
+                outbox = self.listener.staged(task_id)
+                await self.store.append(task, events, raw, outbox)
+                if outbox:
+                    self.listener.committed(task_id, outbox)
                 if events:
                     tlog.trim(events[-1].seq)
 
@@ -783,15 +794,22 @@ async def _cancel(*jobs: asyncio.Task[Any]) -> None:
 async def running_service(settings: Settings) -> AsyncIterator[TaskService]:
     """Build the service from settings, start it, and close it on exit."""
     from cbox.orchestrator.store import SqliteStore
+    from cbox.webhooks import Webhooks
 
     policies = PolicySet.load(
         settings.policies_dir, environ=settings.host_env(), secrets=settings.credentials()
     )
+    hooks = await Webhooks.open(settings)
     service = TaskService(
-        settings, SqliteStore(settings.db_path), DockerBackend(settings.docker_host), policies
+        settings, SqliteStore(settings.db_path), DockerBackend(settings.docker_host), policies,
+        listener=hooks,
     )
-    await service.start()
     try:
-        yield service
+        await service.start()
+        hooks.start(service)
+        try:
+            yield service
+        finally:
+            await service.close()
     finally:
-        await service.close()
+        await hooks.close()

@@ -9,7 +9,12 @@ range scan.
 `append` writes events, raw lines and the task's `lines_consumed`/`last_seq`
 in one transaction: after a crash the stored log and the count of consumed
 container log lines always agree, which is what lets re-adoption resume the
-log stream exactly where the store left off.
+log stream exactly where the store left off. The same transaction carries
+the webhook outbox rows a state change causes (`OutboxRow`, see
+`cbox.webhooks`), so a task that is stored as finished always has its
+deliveries queued, and one that is not has none.
+
+Schema changes since the first version are migrations (`migrations.py`).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import aiosqlite
 
 from cbox.errors import ConfigError
 from cbox.models import Event, Session, Task, TaskState
+from cbox.orchestrator.migrations import OutboxRow, insert_outbox, migrate
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -74,7 +80,10 @@ class Store(Protocol):
     ) -> list[Task]: ...
     async def count_tasks(self, *, states: Sequence[TaskState] | None) -> int: ...
     async def active_with_key(self, key: str) -> Task | None: ...
-    async def append(self, task: Task, events: Sequence[Event], raw: Sequence[str]) -> None: ...
+    async def append(
+        self, task: Task, events: Sequence[Event], raw: Sequence[str],
+        outbox: Sequence[OutboxRow] = (),
+    ) -> None: ...
     async def events(self, task_id: str, *, after: int, limit: int) -> list[Event]: ...
     async def last_events(self, task_id: str, *, limit: int) -> list[Event]: ...
     async def raw_lines(self, task_id: str, *, after: int, limit: int) -> list[str]: ...
@@ -110,6 +119,7 @@ class SqliteStore:
             await self._db.execute("PRAGMA synchronous=NORMAL")
             await self._db.executescript(_SCHEMA)
             await self._db.commit()
+            await migrate(self._db)
         except (OSError, aiosqlite.Error) as exc:
             raise ConfigError(f"cannot open the database {self.path}: {exc}") from exc
 
@@ -183,7 +193,10 @@ class SqliteStore:
             row = await cur.fetchone()
         return None if row is None else Task.model_validate_json(row[0])
 
-    async def append(self, task: Task, events: Sequence[Event], raw: Sequence[str]) -> None:
+    async def append(
+        self, task: Task, events: Sequence[Event], raw: Sequence[str],
+        outbox: Sequence[OutboxRow] = (),
+    ) -> None:
         # Snapshot everything before the first await: the caller keeps
         # mutating `task` while we write, and the row must match this batch.
         first_raw = task.lines_consumed - len(raw)
@@ -201,6 +214,8 @@ class SqliteStore:
         await self.db.execute(
             "UPDATE tasks SET state = ?, data = ? WHERE id = ?", (state, data, task.id)
         )
+        if outbox:
+            await insert_outbox(self.db, outbox)
         await self.db.commit()
 
     async def events(self, task_id: str, *, after: int, limit: int) -> list[Event]:

@@ -405,6 +405,33 @@ print(f"held: {{n}} attempts", flush=True)
     assert service.accepted == 0
 
 
+async def test_an_adopted_box_that_cannot_be_reconfined_is_stopped(
+    box: Orchestrator, workspace: Path, service: HostService
+) -> None:
+    write_script(workspace, f"""
+import time
+gw = os.environ["ANTHROPIC_BASE_URL"].split("//", 1)[1].rsplit(":", 1)[0]
+print("ready", flush=True)
+start = time.monotonic()
+while time.monotonic() - start < 100:
+    try:
+        socket.create_connection((gw, {service.port}), timeout=0.02).close()
+        print("BREACH: reached a host service", flush=True)
+    except OSError:
+        pass
+""")
+    task = await box.submit("outlive the firewall", policy="probe")
+    await wait_for_line(box, task["id"], lambda line: line == "ready")
+    await box.stop()
+    # The restarted server cannot run iptables: it must not keep the box running.
+    box.env["PATH"] = "/nonexistent"
+    await box.start()
+    done = await box.wait_done(task["id"], timeout_s=60)
+    assert done["state"] == "failed", done
+    assert "could not re-confine the box after a restart" in done["error"]
+    assert service.accepted == 0
+
+
 async def test_without_a_firewall_confined_tasks_are_refused(
     orchestrator_factory: type[Orchestrator], workspace: Path
 ) -> None:

@@ -546,3 +546,20 @@ async def test_doctor_reports_the_engine_dns_leak_and_the_mitigation(
     assert "checked: no answer" in line
     assert "upgrade Docker Engine" in text
 
+
+
+async def test_warm_boxes_get_the_same_dns_mitigation(
+    orchestrator_factory: type[Orchestrator], workspace: Path
+) -> None:
+    orch = orchestrator_factory(
+        workspace=workspace, env={"CBOX_WARM_POOL": "1", "CBOX_WARM_POOL_MAX": "1"}
+    )
+    await orch.start()
+    deadline = time.monotonic() + 60
+    while not (warm := orch.warm_containers("default")):
+        assert time.monotonic() < deadline, orch.log.read_text()[-2000:]
+        await asyncio.sleep(0.1)
+    info = json.loads(subprocess.run(
+        ["docker", "inspect", warm[0]], capture_output=True, check=True,
+    ).stdout)[0]
+    assert info["HostConfig"]["Dns"] == [NON_FORWARDING_DNS]

@@ -9,6 +9,7 @@
     ├── WebhookNotFound        (also LookupError)  unknown webhook subscription (HTTP 404)
     ├── SessionBroken          a session's volume is gone or corrupt (the task fails)
     ├── Conflict               an action the task's state does not allow (HTTP 409)
+    ├── FirewallUnavailable    the host firewall a task's network needs is not there (503)
     ├── DockerError            the engine refused or is unreachable
     │   └── ImageNotFound      the sandbox image is missing: build it first
     ├── ImageBuildError        `cbox image build` failed, with the engine's message
@@ -67,6 +68,10 @@ class SessionBroken(CboxError):
 
 class Conflict(CboxError):
     """The task is in a state where this action makes no sense."""
+
+
+class FirewallUnavailable(CboxError):
+    """The host firewall rules a box relies on cannot be installed: refuse, never run open."""
 
 
 class DockerError(CboxError):

@@ -53,7 +53,7 @@ from cbox.orchestrator.sessions import SessionManager, SessionMount
 from cbox.orchestrator.store import Store
 from cbox.orchestrator.streamjson import CommandParser, ParsedEvent, StreamJsonParser
 from cbox.orchestrator.tasklog import TAIL_EVENTS, TaskLog
-from cbox.policies import EffectiveLimits, PolicySet
+from cbox.policies import EffectiveLimits, PolicySet, check_passthrough
 from cbox.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -141,6 +141,7 @@ class TaskService:
         await self.docker.ping()
         await self.networks.start()
         await self._recover()
+        await self.networks.sweep(list(self._tasks.values()))
         self._flusher = asyncio.create_task(self._flush_loop(), name="cbox-flusher")
         self._dispatch()
         self.pool.start()
@@ -260,6 +261,7 @@ class TaskService:
                 if existing is not None and existing.id not in self._tasks:
                     return Submitted(await self.get(existing.id), created=False)
             limits = self.policies.resolve(spec)
+            self.networks.firewall.check(limits.policy.network)
             self.listener.check(spec)
             workspace = resolve_workspace(
                 spec.workspace,
@@ -342,6 +344,7 @@ class TaskService:
             workspace = resolve_workspace(
                 None, self.settings.workspace_dir, self.settings.allowed_workspace_roots
             )
+            self.networks.firewall.check(limits.policy.network)
         except CboxError:
             return  # no usable default: shapes are learnt from the tasks that come
         if not limits.isolated:
@@ -475,7 +478,14 @@ class TaskService:
         try:
             await self.networks.open(task, run.limits)
         except (CboxError, OSError) as exc:
-            log.warning("re-opening the gateway of %s failed: %s", task.id, exc)
+            # Fail closed: a box that cannot be confined (or reached) again is stopped.
+            log.error("re-confining adopted task %s failed: %s; stopping it", task.id, exc)
+            task.outcome.error = f"could not re-confine the box after a restart: {exc}"
+            if task.container_id:
+                with contextlib.suppress(CboxError):
+                    await self.docker.stop(task.container_id, 0)
+            await self._finish(task, TaskState.FAILED)
+            return
         # Rebuild the parser's state from the lines already processed.
         after = 0
         while after < task.lines_consumed:
@@ -516,9 +526,14 @@ class TaskService:
             tlog.append("log", {"line": f"egress denied: {target} ({reason})"})
 
     def _passthrough(self, limits: EffectiveLimits) -> dict[str, str]:
-        import os  # the only environment read outside Settings: names the policy lists
-
-        return {n: os.environ[n] for n in limits.policy.env_passthrough if n in os.environ}
+        """The variables a policy passes in, checked again now: the environment or
+        the credentials may have changed since the policy was loaded."""
+        environ = self.settings.host_env()
+        check_passthrough(
+            limits.policy, f"of policy {limits.policy.name!r}", environ,
+            self.settings.credentials(),
+        )
+        return {n: environ[n] for n in limits.policy.env_passthrough if n in environ}
 
     async def _follow(self, run: _Run) -> None:
         task = run.task
@@ -805,7 +820,9 @@ async def running_service(settings: Settings) -> AsyncIterator[TaskService]:
     from cbox.orchestrator.store import SqliteStore
     from cbox.webhooks import Webhooks
 
-    policies = PolicySet.load(settings.policies_dir)
+    policies = PolicySet.load(
+        settings.policies_dir, environ=settings.host_env(), secrets=settings.credentials()
+    )
     hooks = await Webhooks.open(settings)
     service = TaskService(
         settings, SqliteStore(settings.db_path), DockerBackend(settings.docker_host), policies,

@@ -35,8 +35,12 @@ def git(repo: Path, *args: str) -> str:
                           capture_output=True, text=True, check=True).stdout.strip()
 
 
-def worker_env(gh: FakeGitHub, server: str, **extra: str) -> dict[str, str]:
+def worker_env(gh: FakeGitHub, server: Orchestrator | str, **extra: str) -> dict[str, str]:
+    """A worker's environment: the fake GitHub, and the server (with its token, if real)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "CBOX_"))}
+    if isinstance(server, Orchestrator):
+        env["CBOX_API_TOKEN"] = server.token
+        server = server.url
     env.update({"GITHUB_API_URL": gh.url, "GITHUB_TOKEN": TOKEN, "GITHUB_REPOS": "acme/rocket",
                 "CBOX_SERVER": server, **extra})
     return env

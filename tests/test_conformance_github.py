@@ -86,7 +86,7 @@ async def test_publishing_runs_no_git_in_the_users_repository(
     marker = tmp_path / "ran-on-the-host"
     planted = plant(checkout, marker)
 
-    code, _, err = await worker(worker_env(gh, orch.url), "--policy", "iso-edit")
+    code, _, err = await worker(worker_env(gh, orch), "--policy", "iso-edit")
 
     assert code == 0, (err, [c.body for c in gh.comments_on(repo, issue)])
     assert "recovering task" in err
@@ -113,7 +113,7 @@ async def test_a_branch_moved_after_the_task_is_not_published(
                "-m", "backdoor", f"{task['isolation']['commit']}^{{tree}}")
     git(checkout, "update-ref", f"refs/heads/{branch}", evil)
 
-    code, _, err = await worker(worker_env(gh, orch.url), "--policy", "iso-edit")
+    code, _, err = await worker(worker_env(gh, orch), "--policy", "iso-edit")
 
     assert code == 0, err
     assert git(repo.remote, "for-each-ref", "refs/heads/cbox/") == ""
@@ -139,7 +139,7 @@ async def test_a_forged_tracking_comment_cannot_publish_another_issues_work(
     gh.add_comment(repo, target, f"<!-- cbox:{task['id']} for:{target.node_id} "
                    "state:running -->", "stranger")
 
-    code, _, err = await worker(worker_env(gh, orch.url), "--policy", "iso-edit")
+    code, _, err = await worker(worker_env(gh, orch), "--policy", "iso-edit")
 
     assert code == 0, err
     assert repo.pulls == []

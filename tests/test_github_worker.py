@@ -278,7 +278,7 @@ async def test_one_run_takes_the_oldest_issue_and_reports_in_one_comment(
     newer = gh.add_issue(repo, "A newer one", age_s=60)
     gh.rate_limit_once(retry_after_s=1, status=429)
 
-    code, _, err = await worker(worker_env(gh, orch.url), "--policy", "ok", "--public-url",
+    code, _, err = await worker(worker_env(gh, orch), "--policy", "ok", "--public-url",
                                 "https://cbox.example")
 
     assert code == 0, err
@@ -307,13 +307,13 @@ async def test_failed_task_says_why_and_marks_the_issue_failed(
     gh: FakeGitHub, repo: FakeRepo, orch: Orchestrator
 ) -> None:
     issue = gh.add_issue(repo, "This will fail")
-    code, _, err = await worker(worker_env(gh, orch.url), "--policy", "broken")
+    code, _, err = await worker(worker_env(gh, orch), "--policy", "broken")
     assert code == 1, err
     [tracker] = trackers(gh, repo, issue)
     assert tracker.body.startswith("**claude-box failed: ")
     assert "exited with code 1" in tracker.body.splitlines()[0]
     assert "claude-failed" in issue.labels and "claude-working" not in issue.labels
-    code, _, err = await worker(worker_env(gh, orch.url), "--policy", "broken")
+    code, _, err = await worker(worker_env(gh, orch), "--policy", "broken")
     assert code == 0, err  # a failed issue is not taken again until the label goes
     assert len(await tasks_for(orch, issue)) == 1
 
@@ -325,7 +325,7 @@ async def test_isolated_run_pushes_the_branch_and_opens_one_draft_pull_request(
     git(checkout, "push", "-q", repo.remote.as_uri(), "main:main")
     issue = gh.add_issue(repo, "Fix the README")
 
-    code, _, err = await worker(worker_env(gh, orch.url), "--policy", "iso-edit")
+    code, _, err = await worker(worker_env(gh, orch), "--policy", "iso-edit")
 
     assert code == 0, (err, [c.body for c in gh.comments_on(repo, issue)])
     [task] = await tasks_for(orch, issue)
@@ -350,7 +350,7 @@ async def test_isolated_run_that_changes_nothing_opens_no_pull_request(
 ) -> None:
     git(checkout, "push", "-q", repo.remote.as_uri(), "main:main")
     issue = gh.add_issue(repo, "Look, but do not touch")
-    code, _, err = await worker(worker_env(gh, orch.url), "--policy", "iso-noop")
+    code, _, err = await worker(worker_env(gh, orch), "--policy", "iso-noop")
     assert code == 0, (err, [c.body for c in gh.comments_on(repo, issue)])
     assert repo.pulls == []
     assert git(repo.remote, "for-each-ref", "refs/heads/cbox/") == ""
@@ -363,7 +363,7 @@ async def test_mentions_from_maintainers_start_a_follow_up_others_are_ignored(
     gh: FakeGitHub, repo: FakeRepo, orch: Orchestrator
 ) -> None:
     issue = gh.add_issue(repo, "Explain the rocket")
-    env = worker_env(gh, orch.url)
+    env = worker_env(gh, orch)
     code, _, err = await worker(env, "--policy", "ok")
     assert code == 0, err
     [first] = await tasks_for(orch, issue)
@@ -400,7 +400,7 @@ async def test_an_active_task_for_the_issue_is_not_started_again(
     other = await orch.submit("the other worker's task", policy="slow",
                               idempotency_key=issue.node_id,
                               metadata={"github_issue_id": issue.node_id})
-    code, _, err = await worker(worker_env(gh, orch.url), "--policy", "slow")
+    code, _, err = await worker(worker_env(gh, orch), "--policy", "slow")
     assert code == 0, err
     assert "another worker" in err
     assert [t["id"] for t in await tasks_for(orch, issue)] == [other["id"]]
@@ -413,7 +413,7 @@ async def test_two_workers_at_once_run_one_task_for_one_issue(
     gh: FakeGitHub, repo: FakeRepo, orch: Orchestrator
 ) -> None:
     issue = gh.add_issue(repo, "Only once, please")
-    env = worker_env(gh, orch.url)
+    env = worker_env(gh, orch)
     procs = [await start_worker(env, "--policy", "slow") for _ in range(2)]
     results = [await asyncio.wait_for(p.communicate(), 180) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], results
@@ -429,7 +429,7 @@ async def test_two_workers_at_once_run_one_task_for_one_issue(
 async def test_daemon_with_webhook_takes_a_labelled_issue_and_stops_cleanly(
     gh: FakeGitHub, repo: FakeRepo, orch: Orchestrator, unused_tcp_port: int
 ) -> None:
-    env = worker_env(gh, orch.url, GITHUB_WEBHOOK_SECRET="s3cret")
+    env = worker_env(gh, orch, GITHUB_WEBHOOK_SECRET="s3cret")
     proc = await start_worker(env, "--daemon", "--interval", "600", "--policy", "ok",
                               "--listen", f"127.0.0.1:{unused_tcp_port}")
     try:
@@ -466,7 +466,7 @@ async def test_restart_finishes_a_dead_workers_report_once(
     gh: FakeGitHub, repo: FakeRepo, orch: Orchestrator
 ) -> None:
     issue = gh.add_issue(repo, "Survive a crash")
-    env = worker_env(gh, orch.url)
+    env = worker_env(gh, orch)
     proc = await start_worker(env, "--policy", "slow")
     await until(lambda: trackers(gh, repo, issue), what="the tracking comment")
     proc.kill()

@@ -23,6 +23,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from cbox.orchestrator.report import ResultReport, session_id_or_none, validate_report
+from cbox.orchestrator.summaries import (
+    one_line,
+    result_line,
+    retry_line,
+    summarize_tool_use,
+)
+from cbox.orchestrator.summaries import str_or_empty as _str
 from cbox.orchestrator.untrusted import bound_json, clean_text
 from cbox.orchestrator.untrusted import clip as _clip
 
@@ -34,8 +41,6 @@ MAX_TOOL_RESULT_CHARS = 2000
 MAX_OUTPUT_LINE_CHARS = 8000
 #: Default cap of one event's data (tool input, result, text), in characters of JSON.
 MAX_EVENT_BYTES = 65_536
-#: Tool summaries and error lines are meant to fit one terminal line.
-SUMMARY_CHARS = 120
 #: Printed by `cbox-entry` when the agent left /cbox/result.json behind.
 RESULT_FILE_TYPE = "cbox.result_file"
 #: Event names a custom agent may send as `{"event": ..., "data": {...}}`.
@@ -61,45 +66,6 @@ class ParsedEvent:
 
     type: str
     data: dict[str, Any]
-
-
-def summarize_tool_use(name: str, tool_input: dict[str, Any]) -> str:
-    """One human line for a tool call, e.g. `Bash: ls -la` or `Write a.txt (6 bytes)`.
-
-    Known tools get a hand-picked field (the path, the command); anything else,
-    including a known tool missing that field, shows its input as compact JSON.
-    """
-    args = tool_input if isinstance(tool_input, dict) else {}
-    text = _known_tool_summary(name, args)
-    if text is None:
-        shown = json.dumps(args, ensure_ascii=False, separators=(",", ":"), default=str)
-        text = f"{name} {shown}" if args else name
-    return _one_line(text, SUMMARY_CHARS)
-
-
-def _known_tool_summary(name: str, args: dict[str, Any]) -> str | None:
-    path = _str(args.get("file_path")) or _str(args.get("notebook_path"))
-    if name == "Write" and path:
-        content = args.get("content")
-        if isinstance(content, str):
-            return f"Write {path} ({len(content.encode('utf-8', 'replace'))} bytes)"
-        return f"Write {path}"
-    if name in ("Read", "Edit", "MultiEdit", "NotebookEdit") and path:
-        return f"{name} {path}"
-    if name == "Bash" and _str(args.get("command")):
-        return f"Bash: {_str(args.get('command'))}"
-    if name in ("Grep", "Glob") and _str(args.get("pattern")):
-        where = _str(args.get("path"))
-        return f"{name} '{_str(args.get('pattern'))}'" + (f" in {where}" if where else "")
-    if name == "WebFetch" and _str(args.get("url")):
-        return f"WebFetch {_str(args.get('url'))}"
-    if name == "WebSearch" and _str(args.get("query")):
-        return f"WebSearch '{_str(args.get('query'))}'"
-    if name in ("Task", "Agent") and _str(args.get("description")):
-        return f"{name}: {_str(args.get('description'))}"
-    if name == "TodoWrite" and isinstance(args.get("todos"), list):
-        return f"TodoWrite ({len(args['todos'])} items)"
-    return None
 
 
 class StreamJsonParser:
@@ -170,7 +136,7 @@ class StreamJsonParser:
         if subtype == "api_retry":
             keys = ("attempt", "max_retries", "retry_delay_ms", "error_status", "error")
             retry = {k: obj[k] for k in keys if k in obj}
-            return [ParsedEvent("api_retry", retry), _output(_retry_line(retry))]
+            return [ParsedEvent("api_retry", retry), _output(retry_line(retry))]
         if subtype == "init":
             tools = obj.get("tools")
             names = [t for t in tools if isinstance(t, str)] if isinstance(tools, list) else []
@@ -200,7 +166,7 @@ class StreamJsonParser:
         )
         if dropped:
             data["dropped"] = dropped
-        events = [ParsedEvent("result", data), _output(_result_line(data))]
+        events = [ParsedEvent("result", data), _output(result_line(data))]
         if dropped:
             why = "; ".join(f"{k} ({v})" for k, v in dropped.items())
             events.append(ParsedEvent("log", {"line": f"dropped from the agent's result: {why}"}))
@@ -365,38 +331,9 @@ def _tool_result_text(content: Any) -> str:
     )
 
 
-def _retry_line(retry: dict[str, Any]) -> str:
-    status = retry.get("error_status") or retry.get("error") or "?"
-    line = f"API error {status}, retry {retry.get('attempt', '?')}/{retry.get('max_retries', '?')}"
-    delay_ms = _number(retry.get("retry_delay_ms"))
-    return line if delay_ms is None else f"{line} in {delay_ms / 1000:.1f}s"
-
-
-def _result_line(data: dict[str, Any]) -> str:
-    if data["is_error"]:
-        errors = data.get("errors")
-        reason = _str(data.get("result")) or (
-            "; ".join(e for e in errors if isinstance(e, str)) if isinstance(errors, list) else ""
-        )
-        subtype = _str(data.get("subtype"))
-        label = subtype if subtype.startswith("error") else "error"
-        return f"✗ {label}: {_one_line(reason or 'no detail given', 200)}"
-    parts = ["completed"]
-    duration_ms = _number(data.get("duration_ms"))
-    if duration_ms is not None:
-        parts[0] += f" in {duration_ms / 1000:.1f}s"
-    turns = _number(data.get("num_turns"))
-    if turns is not None:
-        parts.append(f"{turns:g} turn" + ("" if turns == 1 else "s"))
-    cost = _number(data.get("total_cost_usd"))
-    if cost is not None:
-        parts.append(f"${cost:.4f}")
-    return "✓ " + ", ".join(parts)
-
-
 def _error_line(text: str) -> ParsedEvent:
     first = text.strip().splitlines()[0] if text.strip() else "tool error"
-    return _output("✗ " + _one_line(first, 200))
+    return _output("✗ " + one_line(first, 200))
 
 
 def _text_lines(text: Any) -> list[ParsedEvent]:
@@ -425,17 +362,3 @@ def _loads(text: str) -> Any:
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"non-standard JSON constant {name}")
-
-
-def _one_line(text: str, limit: int) -> str:
-    return _clip(" ⏎ ".join(text.splitlines()), limit)
-
-
-def _str(value: Any) -> str:
-    return value if isinstance(value, str) else ""
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value)

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import sqlite3
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +35,7 @@ FAKEBIN = "/workspace/fakebin"
 POLICIES = {
     "hostile-cmd": 'agent = "command"\ncommand = ["python3", "/workspace/attack.py"]\n'
     "timeout_s = 90\n",
+    "hostile-idle": 'agent = "command"\ncommand = ["sh", "-c", "sleep 60"]\n',
     # The default agent (stream-json parser), with our fake `claude` first on PATH.
     "hostile-claude": 'env_passthrough = ["PATH"]\ntimeout_s = 90\n',
 }
@@ -130,10 +132,20 @@ def strict_loads(text: str) -> Any:
         raise AssertionError(f"non-standard JSON constant {name}")
 
     value = json.loads(text, parse_constant=refuse)
-    encoded = json.dumps(value, ensure_ascii=False)
-    encoded.encode("utf-8")  # raises on a lone surrogate
-    assert "\x00" not in encoded, "NUL in served text"
+    for piece in _strings(value):
+        piece.encode("utf-8")  # raises on a lone surrogate
+        assert "\x00" not in piece, "NUL in served text"
     return value
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in (*_strings(k), *_strings(v))]
+    if isinstance(value, list):
+        return [s for item in value for s in _strings(item)]
+    return []
 
 
 async def get(orch: Orchestrator, path: str) -> tuple[int, str]:
@@ -385,3 +397,20 @@ async def test_a_database_poisoned_by_the_old_code_loads_again(
     for path in ("/tasks", "/history", f"/tasks/{done.id}", f"/tasks/{surrogate.id}"):
         status, _ = await get(orch, path)
         assert status == 200, path
+
+
+async def test_task_containers_cap_their_engine_log(box: Orchestrator) -> None:
+    """Docker keeps what a box prints on the host's disk: in bounded, rotated files."""
+    submitted = await box.submit("idle", policy="hostile-idle")
+    task = await box.wait_state(submitted["id"], {"running"})
+    [container] = box.containers()
+    inspected = subprocess.run(
+        ["docker", "inspect", "--format", "{{json .HostConfig.LogConfig}}", container],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    assert json.loads(inspected) == {
+        "Type": "json-file", "Config": {"max-size": "64m", "max-file": "4"}
+    }
+    status, _ = await box.request("POST", f"/tasks/{task['id']}/stop")
+    assert status == 200
+    await box.wait_done(task["id"], timeout_s=60)

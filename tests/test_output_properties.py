@@ -128,8 +128,20 @@ def strict(text_: str) -> Any:
         raise AssertionError(f"non-standard JSON constant {name}")
 
     value = json.loads(text_, parse_constant=refuse)
-    json.dumps(value, ensure_ascii=False).encode("utf-8")  # no lone surrogate
+    for piece in _strings(value):
+        piece.encode("utf-8")  # raises on a lone surrogate
+        assert "\x00" not in piece, "NUL in served text"
     return value
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in (*_strings(k), *_strings(v))]
+    if isinstance(value, list):
+        return [s for item in value for s in _strings(item)]
+    return []
 
 
 @asynccontextmanager

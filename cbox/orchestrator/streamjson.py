@@ -100,7 +100,7 @@ class StreamJsonParser:
             return []
         obj = _loads(text)
         if not isinstance(obj, dict):
-            return [_output(text)]
+            return _unreadable(text)
         try:
             return _bounded(self._dispatch(obj), self.max_event_bytes)
         except Exception:
@@ -224,7 +224,7 @@ class CommandParser:
                 events = None
             if events is not None:
                 return events
-        return [_output(text)]
+        return _unreadable(text) if obj is _NOT_JSON else [_output(text)]
 
     def _typed(self, obj: dict[str, Any]) -> list[ParsedEvent] | None:
         if obj.get("type") == RESULT_FILE_TYPE:
@@ -259,6 +259,21 @@ class CommandParser:
         if name == "result":
             self.result = bound_json(data.get("result"), self.max_event_bytes)
         return [ParsedEvent(name, data)]
+
+
+def _unreadable(text: str) -> list[ParsedEvent]:
+    """A line that is not JSON; if it was the result file's, say it was lost.
+
+    `cbox-entry` prints the file as one line, so a file past the line cap
+    (`max_line_bytes`) arrives cut, and so unreadable.
+    """
+    if text.startswith(_RESULT_FILE_PREFIX):
+        note = f"the result file could not be read ({len(text)} characters, cut or not JSON)"
+        return [ParsedEvent("log", {"line": note}), _output(text)]
+    return [_output(text)]
+
+
+_RESULT_FILE_PREFIX = '{"type": "' + RESULT_FILE_TYPE + '"'
 
 
 def _bounded(events: list[ParsedEvent], max_chars: int) -> list[ParsedEvent]:

@@ -43,9 +43,12 @@ def dump_task(task: Task) -> str:
         return data
     except (ValidationError, ValueError) as exc:
         log.warning("task %s does not round-trip (%s); storing a repaired row", task.id, exc)
-    raw = task.model_dump(mode="python", warnings=False)
-    repaired = repair(bound_json(raw, _ROW_CHARS), task_id=task.id, state=task.state,
-                      created_at=task.created_at, keep_state=True)
+    try:
+        raw: Any = bound_json(task.model_dump(mode="python", warnings=False), _ROW_CHARS)
+    except Exception:  # nothing left to save but the id: the row says it failed
+        raw = None
+    repaired = repair(raw, task_id=task.id, state=task.state, created_at=task.created_at,
+                      keep_state=True)
     return repaired.model_dump_json()
 
 
@@ -73,7 +76,9 @@ def repair(
     side an active task is failed, as nobody can tell what its row meant.
     """
     data = raw if isinstance(raw, dict) else {}
-    dropped: list[str] = []
+    dropped: list[str] = [] if isinstance(raw, dict) else ["row: not a JSON object"]
+    task: Task | None = None
+    why = "too many invalid fields"
     for _ in range(_MAX_REPAIRS):
         try:
             task = Task.model_validate(data)
@@ -82,16 +87,16 @@ def repair(
             # One field a round: dropping a list item moves the others' places.
             error = exc.errors(include_url=False, include_input=False)[0]
             if not _drop(data, error["loc"]):
-                task = _minimal(task_id, created_at, error["msg"])
+                why = f"{_path(error['loc'])}: {error['msg']}"
                 break
             dropped.append(f"{_path(error['loc'])}: {clip(clean_text(error['msg']), 160)}")
-    else:
-        task = _minimal(task_id, created_at, "too many invalid fields")
-    if not isinstance(raw, dict):
-        dropped.append("row: not a JSON object")
+    if task is None or task.id != task_id:
+        # Without its own id and spec the row is only a record that it failed:
+        # a placeholder must never be queued and run.
+        task = _minimal(task_id, created_at, why if task is None else "id does not match")
+        task.outcome.dropped = dropped[:50]
+        return task
     task.outcome.dropped = [*task.outcome.dropped, *dropped][:50]
-    if task.id != task_id:
-        task = _minimal(task_id, created_at, "id does not match")
     if not keep_state and not task.state.terminal:
         task.state = TaskState.FAILED
         task.outcome.error = INVALID_ROW

@@ -6,6 +6,7 @@
     │   └── PolicyViolation    a request that would loosen a policy ceiling
     ├── TaskNotFound           (also LookupError)  unknown task id (HTTP 404)
     ├── SessionNotFound        (also LookupError)  unknown session (HTTP 404)
+    ├── WebhookNotFound        (also LookupError)  unknown webhook subscription (HTTP 404)
     ├── SessionBroken          a session's volume is gone or corrupt (the task fails)
     ├── Conflict               an action the task's state does not allow (HTTP 409)
     ├── DockerError            the engine refused or is unreachable
@@ -53,6 +54,10 @@ class TaskNotFound(CboxError, LookupError):
 
 class SessionNotFound(CboxError, LookupError):
     """No session has this name."""
+
+
+class WebhookNotFound(CboxError, LookupError):
+    """No webhook subscription has this name."""
 
 
 class SessionBroken(CboxError):

@@ -11,6 +11,7 @@ import json
 import re
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -20,8 +21,35 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 MAX_PROMPT_CHARS = 100_000
 
 #: Session names end up in Docker volume names and URLs: keep them to the
-#: characters both accept, starting with a letter or digit.
-SESSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+#: characters both accept, starting with a letter or digit. One pattern for the
+#: check and the OpenAPI description; checked with `fullmatch`, since Python's
+#: `$` would also let a trailing newline through.
+SESSION_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+SESSION_NAME = re.compile(SESSION_PATTERN[1:-1])
+
+#: A prompt must hold one character that is not white space, i.e. one outside
+#: exactly the set `str.isspace()` knows. Spelt out so that this regex means the
+#: same in Python and in ECMA-262 (what JSON Schema validators and fuzzers read).
+NOT_BLANK = (
+    r"[^\u0009-\u000d\u001c-\u0020\u0085\u00a0\u1680"
+    r"\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+)
+_NOT_BLANK = re.compile(NOT_BLANK)
+
+#: An absolute path without NUL (which no system call takes); empty means the default.
+WORKSPACE_PATTERN = r"^(/[^\u0000]*)?$"
+_WORKSPACE = re.compile(WORKSPACE_PATTERN[1:-1])
+
+
+def _string_branch(**keywords: Any) -> Callable[[dict[str, Any]], None]:
+    """Put string keywords on the string branch of an optional field's `anyOf`."""
+
+    def extra(schema: dict[str, Any]) -> None:
+        for branch in schema.get("anyOf", [schema]):
+            if branch.get("type") == "string":
+                branch.update(keywords)
+
+    return extra
 
 
 def new_task_id() -> str:
@@ -63,7 +91,11 @@ class TaskSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
 
-    prompt: str = Field(description="What the agent should do.")
+    prompt: str = Field(
+        description="What the agent should do; not blank.",
+        # Checked by `_prompt_not_empty` (for its message); stated here for the description.
+        json_schema_extra={"minLength": 1, "maxLength": MAX_PROMPT_CHARS, "pattern": NOT_BLANK},
+    )
     policy: str = Field("default", description="Name of the policy the task runs under.")
     priority: int = Field(0, ge=-1000, le=1000, description="Higher runs first; FIFO within one.")
     timeout_s: float | None = Field(
@@ -73,7 +105,10 @@ class TaskSpec(BaseModel):
     max_turns: int | None = Field(None, gt=0, description="Agent turn limit; tightens the policy.")
     read_only: bool = Field(False, description="Force a read-only workspace mount.")
     workspace: str | None = Field(
-        None, description="Host path of the workspace; defaults to WORKSPACE_DIR."
+        None,
+        description="Absolute host path of the workspace, a directory under WORKSPACE_DIR "
+        "or CBOX_ALLOWED_WORKSPACE_ROOTS; defaults to WORKSPACE_DIR.",
+        json_schema_extra=_string_branch(pattern=WORKSPACE_PATTERN),
     )
     memory_mb: int | None = Field(None, gt=0, description="Memory limit; tightens the policy.")
     cpus: float | None = Field(None, gt=0, description="CPU limit; tightens the policy.")
@@ -97,22 +132,37 @@ class TaskSpec(BaseModel):
         description="Session name: tasks of one session continue one Claude Code "
         "conversation, one at a time. The first task creates it. Letters, digits, `_.-`; "
         "at most 64 characters.",
+        json_schema_extra=_string_branch(pattern=SESSION_PATTERN),
+    )
+
+    notify_url: str | None = Field(
+        None,
+        max_length=2000,
+        description="Also send this task's webhook events here (signed with the server's "
+        "CBOX_WEBHOOK_SECRET); must match CBOX_WEBHOOK_ALLOWED_URLS.",
     )
 
     @field_validator("session")
     @classmethod
     def _session_name(cls, value: str | None) -> str | None:
-        if value is not None and not SESSION_NAME.match(value):
+        if value is not None and not SESSION_NAME.fullmatch(value):
             raise ValueError(
                 "session must be 1-64 characters of letters, digits, '_', '.' or '-', "
                 "starting with a letter or digit"
             )
         return value
 
+    @field_validator("workspace")
+    @classmethod
+    def _workspace_path(cls, value: str | None) -> str | None:
+        if value is not None and not _WORKSPACE.fullmatch(value):
+            raise ValueError("workspace must be an absolute path, without NUL characters")
+        return value
+
     @field_validator("prompt")
     @classmethod
     def _prompt_not_empty(cls, value: str) -> str:
-        if not value.strip():
+        if not _NOT_BLANK.search(value):
             raise ValueError("prompt must not be empty")
         if len(value) > MAX_PROMPT_CHARS:
             raise ValueError(f"prompt is longer than {MAX_PROMPT_CHARS} characters")

@@ -155,6 +155,45 @@ class Settings(BaseSettings):
         description="CBOX_INSTANCE: name of this orchestrator; it only adopts or removes "
         "containers labelled with the same name.",
     )
+    # -- webhooks (cbox.webhooks; README "Webhooks")
+    public_url: str | None = Field(
+        None,
+        description="CBOX_PUBLIC_URL: this server's address as receivers reach it, for the "
+        "links in webhook payloads; default http://<AGENT_HOST>:<AGENT_PORT>.",
+    )
+    webhooks_file: Path | None = Field(
+        None, description="CBOX_WEBHOOKS_FILE: TOML file of webhook subscriptions."
+    )
+    webhook_allowed_urls: list[str] = Field(
+        default_factory=list,
+        description="CBOX_WEBHOOK_ALLOWED_URLS (JSON list of `scheme://host[:port]`, host may "
+        "start with `*.`): the only places webhooks are sent to. Empty: none.",
+    )
+    webhook_secret: SecretStr | None = Field(
+        None, description="CBOX_WEBHOOK_SECRET (whsec_...): signs deliveries to tasks' notify_url."
+    )
+    webhook_previous_secret: SecretStr | None = Field(
+        None, description="CBOX_WEBHOOK_PREVIOUS_SECRET: also signs them, during a rotation."
+    )
+    webhook_timeout_s: float = Field(
+        5.0, gt=0, le=60, description="CBOX_WEBHOOK_TIMEOUT_S: one delivery attempt, at most."
+    )
+    webhook_retry_scale: float = Field(
+        1.0, gt=0, description="CBOX_WEBHOOK_RETRY_SCALE: multiplies the retry schedule."
+    )
+    webhook_concurrency: int = Field(
+        2, ge=1, le=64, description="CBOX_WEBHOOK_CONCURRENCY: attempts in flight per receiver."
+    )
+    webhook_stall_s: float = Field(
+        300.0, ge=0,
+        description="CBOX_WEBHOOK_STALL_S: a running task silent this long is `task.stalled` "
+        "(0: never).",
+    )
+    webhook_max_field_chars: int = Field(
+        4096, ge=64,
+        description="CBOX_WEBHOOK_MAX_FIELD_CHARS: `result`, `prompt` and `error` are cut to "
+        "this in payloads.",
+    )
     docker_host: str | None = Field(
         None,
         validation_alias=AliasChoices("DOCKER_HOST", "CBOX_DOCKER_HOST"),

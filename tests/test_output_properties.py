@@ -190,7 +190,7 @@ async def run_case(service: TaskService, client: TestClient[Any, Any], case: Cas
     task.last_seq = tlog.last_seq
     first = tlog.pending_raw_first
     events, raw = tlog.take_pending()
-    await service.store.append(task, events, raw, first)
+    await service.store.append(task, events, raw, first_raw=first)
 
     assert task.state.terminal
     for path in ("/history", "/tasks?limit=5", f"/tasks/{task.id}", "/status"):

@@ -18,6 +18,7 @@ from cbox.errors import (
     PolicyViolation,
     SessionNotFound,
     TaskNotFound,
+    WebhookNotFound,
 )
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,7 @@ STATUS: dict[type[CboxError], int] = {
     InvalidRequest: 400,
     TaskNotFound: 404,
     SessionNotFound: 404,
+    WebhookNotFound: 404,
     Conflict: 409,
     ImageNotFound: 503,
     DockerError: 503,
@@ -42,13 +44,21 @@ def status_of(exc: CboxError) -> int:
     return 500
 
 
-def error_response(status: int, kind: str, message: str, field: str | None = None) -> web.Response:
+def error_response(
+    status: int, kind: str, message: str, field: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
     body: dict[str, object] = {"error": {"type": kind, "message": message}}
     if field:
         body["error"]["field"] = field  # type: ignore[index]
     return web.Response(
-        status=status, text=json.dumps(body), content_type="application/json"
+        status=status, text=json.dumps(body), content_type="application/json", headers=headers
     )
+
+
+#: Headers an aiohttp HTTP error carries that its JSON replacement must keep:
+#: RFC 9110 requires `Allow` on a 405, and clients rely on the others.
+_KEPT_HEADERS = ("Allow", "Retry-After", "WWW-Authenticate")
 
 
 @web.middleware
@@ -64,7 +74,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return error_response(exc.status, type(exc).__name__, exc.reason)
+        kept = {h: exc.headers[h] for h in _KEPT_HEADERS if h in exc.headers}
+        return error_response(exc.status, type(exc).__name__, exc.reason, headers=kept)
     except (ConnectionResetError, TimeoutError):
         raise
     except Exception:

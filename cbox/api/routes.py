@@ -13,10 +13,11 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from cbox.api import sse
-from cbox.errors import InvalidRequest
-from cbox.models import TaskSpec, TaskState
+from cbox.api import params, sse
+from cbox.errors import InvalidRequest, WebhookNotFound
+from cbox.models import TaskSpec
 from cbox.orchestrator.service import TaskService
+from cbox.webhooks import Webhooks
 
 SERVICE: web.AppKey[TaskService] = web.AppKey("service", TaskService)
 
@@ -54,19 +55,6 @@ async def _spec(request: web.Request) -> TaskSpec:
         elif err["type"] == "missing":
             message = "field required"
         raise InvalidRequest(f"{where}: {message}", field=where) from None
-
-
-def _int_query(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidRequest(f"{name} must be an integer, got {raw!r}", field=name) from None
-    if not lo <= value <= hi:
-        raise InvalidRequest(f"{name} must be between {lo} and {hi}", field=name)
-    return value
 
 
 def _summary(task: Any) -> dict[str, Any]:
@@ -111,7 +99,7 @@ async def get_status(request: web.Request) -> web.Response:
 async def post_stop(request: web.Request) -> web.Response:
     """Stop the running task(s), or the one named by `?task_id=`; say what was done."""
     service = _service(request)
-    task_id = request.query.get("task_id")
+    task_id = params.STOP_TASK_ID.parse(request)
     stopped = [await service.stop(task_id)] if task_id else await service.stop_running()
     if not stopped:
         message = "nothing is running; nothing was stopped"
@@ -126,7 +114,7 @@ async def post_stop(request: web.Request) -> web.Response:
 
 @routes.get("/history")
 async def get_history(request: web.Request) -> web.Response:
-    limit = _int_query(request, "limit", 10, 1, 1000)
+    limit = params.HISTORY_LIMIT.parse(request)
     tasks, _ = await _service(request).list_tasks(limit=limit)
     return web.json_response([t.public() for t in tasks])
 
@@ -147,17 +135,9 @@ async def post_tasks(request: web.Request) -> web.Response:
 
 @routes.get("/tasks")
 async def get_tasks(request: web.Request) -> web.Response:
-    states: list[TaskState] | None = None
-    raw_states = request.query.getall("state", [])
-    if raw_states:
-        names = [s for raw in raw_states for s in raw.split(",") if s]
-        try:
-            states = [TaskState(s) for s in names]
-        except ValueError:
-            valid = ", ".join(s.value for s in TaskState)
-            raise InvalidRequest(f"state must be one of {valid}", field="state") from None
-    limit = _int_query(request, "limit", 20, 1, 500)
-    offset = _int_query(request, "offset", 0, 0, 10**9)
+    states = params.TASK_STATES.parse(request)
+    limit = params.TASKS_LIMIT.parse(request)
+    offset = params.TASKS_OFFSET.parse(request)
     tasks, total = await _service(request).list_tasks(states=states, limit=limit, offset=offset)
     return web.json_response(
         {"tasks": [t.public() for t in tasks], "total": total, "limit": limit, "offset": offset}
@@ -180,7 +160,7 @@ async def post_task_stop(request: web.Request) -> web.Response:
 async def get_task_events(request: web.Request) -> web.StreamResponse:
     service = _service(request)
     task_id = request.match_info["task_id"]
-    after = sse.last_event_id(request)
+    after = params.events_after(request)
     await service.get(task_id)  # 404 before the stream starts
     response = await sse.open_stream(request)
     events = service.subscribe(task_id, after=after, keepalive_s=service.settings.keepalive_s)
@@ -191,8 +171,8 @@ async def get_task_events(request: web.Request) -> web.StreamResponse:
 @routes.get("/tasks/{task_id}/raw")
 async def get_task_raw(request: web.Request) -> web.Response:
     """The agent's stdout lines exactly as printed (stream-json for Claude Code)."""
-    after = _int_query(request, "after", 0, 0, 10**9)
-    limit = _int_query(request, "limit", 10_000, 1, 100_000)
+    after = params.RAW_AFTER.parse(request)
+    limit = params.RAW_LIMIT.parse(request)
     lines = await _service(request).raw_lines(
         request.match_info["task_id"], after=after, limit=limit
     )
@@ -221,6 +201,56 @@ async def delete_session(request: web.Request) -> web.Response:
     """Forget a session and remove its volume (409 while one of its tasks is active)."""
     session = await _service(request).delete_session(request.match_info["session_id"])
     return web.json_response({"deleted": session.id, "volume": session.volume})
+
+
+def _hooks(request: web.Request) -> Webhooks:
+    listener = _service(request).listener
+    if not isinstance(listener, Webhooks):
+        raise WebhookNotFound("webhooks are not enabled on this server")
+    return listener
+
+
+@routes.get("/webhooks")
+async def get_webhooks(request: web.Request) -> web.Response:
+    """Subscriptions (secrets are never served, only their fingerprints)."""
+    return web.json_response({"webhooks": [s.public() for s in _hooks(request).subscriptions()]})
+
+
+@routes.post("/webhooks")
+async def post_webhooks(request: web.Request) -> web.Response:
+    """Create (201) or replace (200) a subscription; replacing re-enables a disabled one."""
+    sub, created = await _hooks(request).put(await _json_body(request))
+    return web.json_response(
+        sub.public(), status=201 if created else 200,
+        headers={"Location": f"/webhooks/{sub.name}"},
+    )
+
+
+@routes.get("/webhooks/{name}")
+async def get_webhook(request: web.Request) -> web.Response:
+    return web.json_response(_hooks(request).get(request.match_info["name"]).public())
+
+
+@routes.delete("/webhooks/{name}")
+async def delete_webhook(request: web.Request) -> web.Response:
+    """Delete a subscription; its pending deliveries are cancelled."""
+    sub = await _hooks(request).delete(request.match_info["name"])
+    return web.json_response({"deleted": sub.name})
+
+
+@routes.get("/webhooks/{name}/deliveries")
+async def get_webhook_deliveries(request: web.Request) -> web.Response:
+    """The delivery log, newest first: status, attempts, latency, last error."""
+    limit = params.DELIVERIES_LIMIT.parse(request)
+    found = await _hooks(request).deliveries(request.match_info["name"], limit=limit)
+    return web.json_response({"deliveries": [d.model_dump(mode="json") for d in found]})
+
+
+@routes.post("/webhooks/{name}/test")
+async def post_webhook_test(request: web.Request) -> web.Response:
+    """Send a signed `webhook.ping` now and say how it went."""
+    delivery = await _hooks(request).ping(request.match_info["name"])
+    return web.json_response(delivery.model_dump(mode="json"))
 
 
 @routes.get("/policies")

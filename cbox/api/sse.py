@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from cbox.errors import InvalidRequest
 from cbox.models import Event
 
 
@@ -53,14 +52,3 @@ async def pump(response: web.StreamResponse, batches: AsyncIterator[list[Event] 
     except (ConnectionResetError, ConnectionError):
         return  # the client went away; the task goes on
     await response.write_eof()
-
-
-def last_event_id(request: web.Request) -> int:
-    raw = request.headers.get("Last-Event-ID") or request.query.get("after") or "0"
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidRequest(f"Last-Event-ID / after must be an integer, got {raw!r}") from None
-    if value < 0:
-        raise InvalidRequest("Last-Event-ID / after must not be negative")
-    return value

@@ -20,6 +20,7 @@ from cbox.cli.defaults import DEFAULT_SERVER, resolve_token
 from cbox.cli.follow import EXIT_CLIENT, finish, follow, replay, run_task
 from cbox.cli.main import GROUP_FLAGS
 from cbox.cli.render import fail
+from cbox.cli.webhooks import webhooks
 from cbox.errors import CboxError
 
 if TYPE_CHECKING:
@@ -424,6 +425,9 @@ class LazyGroup(click.Group):
 @cli.group(cls=LazyGroup, lazy={"linear": "cbox.integrations.linear_cli:linear"})
 def worker() -> None:
     """Workers that feed an issue tracker's backlog to the orchestrator."""
+
+
+cli.add_command(webhooks)
 
 
 def main(args: list[str] | None = None) -> None:

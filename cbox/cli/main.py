@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 GROUP_FLAGS = frozenset({"-h", "--help", "--version"})
 #: The group's commands (`cbox.cli.app.cli`; a test keeps the two in step).
 COMMANDS = frozenset(
-    {"doctor", "history", "image", "logs", "run", "serve", "sessions", "status", "stop", "worker"}
+    {"doctor", "history", "image", "logs", "run", "serve", "sessions", "status", "stop", "webhooks",
+     "worker"}
 )
 
 EXIT_INTERRUPTED = 130

@@ -44,6 +44,7 @@ from cbox.orchestrator.docker import (
     wait_quietly,
 )
 from cbox.orchestrator.isolated import Isolator, check_repository
+from cbox.orchestrator.listener import NullListener, TaskListener
 from cbox.orchestrator.networks import TaskNetworks
 from cbox.orchestrator.outcome import Ending, apply_result, decide
 from cbox.orchestrator.pool import Shape, Slot, WarmPool
@@ -96,8 +97,10 @@ class TaskService:
         store: Store,
         docker: DockerBackend,
         policies: PolicySet,
+        listener: TaskListener | None = None,
     ) -> None:
         self.settings = settings
+        self.listener: TaskListener = listener or NullListener()
         self.store = store
         self.docker = docker
         self.policies = policies
@@ -251,6 +254,7 @@ class TaskService:
                 if existing is not None and existing.id not in self._tasks:
                     return Submitted(await self.get(existing.id), created=False)
             limits = self.policies.resolve(spec)
+            self.listener.check(spec)
             workspace = resolve_workspace(
                 spec.workspace,
                 self.settings.workspace_dir,
@@ -446,6 +450,7 @@ class TaskService:
         task.state = TaskState.RUNNING
         task.started_at = time.time()
         _running(run, tlog)
+        self.listener.task_event(task, "started")
         # No flush here: the flusher stores `running` within 50 ms, and a
         # crash before that finds a queued task with a container, which
         # recovery removes before running the task again.
@@ -465,6 +470,7 @@ class TaskService:
         task.state = TaskState.RUNNING
         task.started_at = time.time()
         _running(run, tlog, warm=True)
+        self.listener.task_event(task, "started")
         return True
 
     async def _adopt(self, run: _Run) -> None:
@@ -655,6 +661,8 @@ class TaskService:
             },
         )
         tlog.close()
+        run = self._runs.get(task.id)
+        self.listener.task_event(task, "over_budget" if run and run.over_budget else state.value)
         # Out of the running set at once, so /status and /stop never see a
         # finished task; the live copy stays readable until the store has it.
         self._runs.pop(task.id, None)
@@ -741,15 +749,19 @@ class TaskService:
                 task.last_seq = tlog.last_seq
                 first_raw = tlog.pending_raw_first
                 events, raw = tlog.take_pending()
+                outbox = self.listener.staged(task_id)
                 try:
-                    await self.store.append(task, events, raw, first_raw)
+                    await self.store.append(task, events, raw, outbox, first_raw=first_raw)
                 except BaseException:
-                    # Put the batch back: the next flush retries it.
+                    # Put the batch back: the next flush retries it (the
+                    # listener hands out its staged rows again by itself).
                     tlog.pending[:0] = events
                     if raw:
                         tlog.pending_raw[:0] = raw
                         tlog.pending_raw_first = first_raw
                     raise
+                if outbox:
+                    self.listener.committed(task_id, outbox)
                 if events:
                     tlog.trim(events[-1].seq)
 
@@ -837,13 +849,20 @@ async def _cancel(*jobs: asyncio.Task[Any]) -> None:
 async def running_service(settings: Settings) -> AsyncIterator[TaskService]:
     """Build the service from settings, start it, and close it on exit."""
     from cbox.orchestrator.store import SqliteStore
+    from cbox.webhooks import Webhooks
 
     policies = PolicySet.load(settings.policies_dir)
+    hooks = await Webhooks.open(settings)
     service = TaskService(
-        settings, SqliteStore(settings.db_path), DockerBackend(settings.docker_host), policies
+        settings, SqliteStore(settings.db_path), DockerBackend(settings.docker_host), policies,
+        listener=hooks,
     )
-    await service.start()
     try:
-        yield service
+        await service.start()
+        hooks.start(service)
+        try:
+            yield service
+        finally:
+            await service.close()
     finally:
-        await service.close()
+        await hooks.close()

@@ -13,7 +13,12 @@ repaired on read instead of failing every listing (see `rows.py`).
 `append` writes events, raw lines and the task's `lines_consumed`/`last_seq`
 in one transaction: after a crash the stored log and the count of consumed
 container log lines always agree, which is what lets re-adoption resume the
-log stream exactly where the store left off.
+log stream exactly where the store left off. The same transaction carries
+the webhook outbox rows a state change causes (`OutboxRow`, see
+`cbox.webhooks`), so a task that is stored as finished always has its
+deliveries queued, and one that is not has none.
+
+Schema changes since the first version are migrations (`migrations.py`).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import aiosqlite
 
 from cbox.errors import ConfigError
 from cbox.models import Event, Session, Task, TaskState
+from cbox.orchestrator.migrations import OutboxRow, insert_outbox, migrate
 from cbox.orchestrator.rows import dump_task, load_task
 
 _SCHEMA = """
@@ -91,7 +97,7 @@ class Store(Protocol):
     async def active_with_key(self, key: str) -> Task | None: ...
     async def append(
         self, task: Task, events: Sequence[Event], raw: Sequence[str],
-        first_raw: int | None = None,
+        outbox: Sequence[OutboxRow] = (), *, first_raw: int | None = None,
     ) -> None: ...
     async def events(self, task_id: str, *, after: int, limit: int) -> list[Event]: ...
     async def last_events(self, task_id: str, *, limit: int) -> list[Event]: ...
@@ -128,6 +134,7 @@ class SqliteStore:
             await self._db.execute("PRAGMA synchronous=NORMAL")
             await self._db.executescript(_SCHEMA)
             await self._db.commit()
+            await migrate(self._db)
         except (OSError, aiosqlite.Error) as exc:
             raise ConfigError(f"cannot open the database {self.path}: {exc}") from exc
 
@@ -206,7 +213,7 @@ class SqliteStore:
 
     async def append(
         self, task: Task, events: Sequence[Event], raw: Sequence[str],
-        first_raw: int | None = None,
+        outbox: Sequence[OutboxRow] = (), *, first_raw: int | None = None,
     ) -> None:
         """Store a batch; `raw` are the stdout lines numbered from `first_raw` + 1
         (default: the batch ends at `task.lines_consumed`)."""
@@ -229,6 +236,8 @@ class SqliteStore:
             await self.db.execute(
                 "UPDATE tasks SET state = ?, data = ? WHERE id = ?", (state, data, task.id)
             )
+            if outbox:
+                await insert_outbox(self.db, outbox)
             await self.db.commit()
         except BaseException:
             # Half a batch must not stay in the open transaction for the next one.

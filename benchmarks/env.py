@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -210,8 +211,14 @@ class Server:
         self.warm_pool: int | None = None
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        #: The API always needs a token; one per benchmark server.
+        self.token = secrets.token_urlsafe(32)
         self.log = bench.root / "serve.log"
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
 
     @property
     def pid(self) -> int:
@@ -237,6 +244,7 @@ class Server:
             "CBOX_POLICIES_DIR": str(bench.policies),
             "CBOX_MAX_CONCURRENT": str(self.max_concurrent),
             "CBOX_STOP_GRACE_S": "1",
+            "CBOX_API_TOKEN": self.token,
         })
         if self.warm_pool is not None:
             env["CBOX_WARM_POOL"] = str(self.warm_pool)

@@ -23,8 +23,9 @@ async def submit(session: aiohttp.ClientSession, server: Server, policy: str,
         return str(body["id"])
 
 
-def client_session() -> aiohttp.ClientSession:
+def client_session(server: Server) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(
+        headers=server.headers,
         connector=aiohttp.TCPConnector(limit=0),
         timeout=aiohttp.ClientTimeout(total=None, sock_read=600),
     )
@@ -32,7 +33,7 @@ def client_session() -> aiohttp.ClientSession:
 
 async def _cbox_batch(server: Server, n: int) -> tuple[float, int]:
     """Submit n trivial tasks at once; seconds until the last `done`, and how many completed."""
-    async with client_session() as session:
+    async with client_session(server) as session:
         t0 = time.perf_counter()
         ids = await asyncio.gather(*(submit(session, server, "bench-echo", f"tp {i}")
                                      for i in range(n)))
@@ -90,7 +91,7 @@ async def memory_per_task(bench: Bench, server: Server, k: int) -> dict[str, Any
     """RSS with k idle tasks running (sleep) against the RSS just before."""
     await asyncio.sleep(1)
     before = sample(server.pid)
-    async with client_session() as session:
+    async with client_session(server) as session:
         ids = await asyncio.gather(*(submit(session, server, "bench-sleep", f"mem {i}")
                                      for i in range(k)))
         started = await asyncio.gather(*(

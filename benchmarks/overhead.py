@@ -66,7 +66,7 @@ async def _phases(events: DockerEvents, name: str, t0: int,
 async def _cbox_run(bench: Bench, server: Server, policy: str, prompt: str
                     ) -> tuple[float, dict[str, float], bool]:
     t0, t1, last, code = await _timed(
-        CBOX, "run", "--server", server.url, "--policy", policy, prompt
+        CBOX, "run", "--server", server.url, "--token", server.token, "--policy", policy, prompt
     )
     found = await _wait_prefix(bench, "container", "create", "cbox-task_", t0)
     phases: dict[str, float] = {}
@@ -184,7 +184,7 @@ async def latency(bench: Bench, server: Server, reps: int) -> dict[str, Any]:
             into.setdefault(key, []).append(value)
 
     timeout = aiohttp.ClientTimeout(total=120)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
+    async with aiohttp.ClientSession(timeout=timeout, headers=server.headers) as session:
         await session.get(server.url + "/healthz")  # a warm connection, as a worker has
         # An unmeasured task teaches the warm pool this shape; each measured one
         # starts with the pool full again (refilling is engine work).

@@ -47,7 +47,7 @@ def _ms(ns: float) -> float:
 
 async def _fanout_once(bench: Bench, server: Server, clients: int, lines: int
                        ) -> dict[str, Any]:
-    async with client_session() as session:
+    async with client_session(server) as session:
         before = sample(server.pid)
         client_cpu0 = self_cpu_s()
         t0 = time.perf_counter()
@@ -139,7 +139,7 @@ async def _rm(name: str) -> None:
 
 async def event_throughput(bench: Bench, server: Server, lines: int) -> dict[str, Any]:
     """One task printing `lines` lines: how fast they reach one SSE client."""
-    async with client_session() as session:
+    async with client_session(server) as session:
         before = sample(server.pid)
         async with RssPeak(server.pid) as peak:
             task_id = await submit(session, server, "bench-flood", "flood")

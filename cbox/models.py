@@ -119,6 +119,14 @@ class TaskSpec(BaseModel):
     max_tokens: int | None = Field(
         None, gt=0, description="Budget in tokens, counted by the gateway; tightens the policy."
     )
+    server_tools: bool | None = Field(
+        None, description="false turns off the policy's server-side tools; true needs a "
+        "policy that allows them."
+    )
+    gateway_betas: list[str] | None = Field(
+        None, max_length=64,
+        description="Narrow the `anthropic-beta` values the gateway lets through.",
+    )
     idempotency_key: str | None = Field(
         None,
         max_length=200,

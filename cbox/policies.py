@@ -14,12 +14,15 @@ import tomllib
 from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cbox.errors import ConfigError, InvalidRequest, PolicyViolation
 from cbox.models import MountMode, TaskSpec
+from cbox.orchestrator.apirules import DEFAULT_BETAS
+
+BetaName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9.-]{0,99}$")]
 
 
 class Policy(BaseModel):
@@ -49,6 +52,17 @@ class Policy(BaseModel):
         None, gt=0, description="Budget: stop the task once the gateway counts more than this."
     )
     max_tokens: int | None = Field(None, gt=0, description="Budget in tokens, same rule.")
+    server_tools: bool = Field(
+        False,
+        description="Let model calls use Anthropic's server-side tools (web search / fetch, "
+        "code execution, MCP connectors, URL and Files-API content): the API itself "
+        "reaching out, past any network policy. Off: Claude Code's WebSearch tool fails.",
+    )
+    gateway_betas: list[BetaName] = Field(
+        default_factory=lambda: list(DEFAULT_BETAS),
+        description="`anthropic-beta` values the gateway lets through. Default: exactly "
+        "those Claude Code sends (recorded, see cbox/orchestrator/apirules.py).",
+    )
     cpus: float = Field(2.0, gt=0, le=256)
     memory_mb: int = Field(4096, ge=64)
     pids: int = Field(512, ge=16)
@@ -85,6 +99,8 @@ class EffectiveLimits(BaseModel):
     max_turns: int | None
     max_cost_usd: float | None
     max_tokens: int | None
+    server_tools: bool = False
+    gateway_betas: tuple[str, ...] = DEFAULT_BETAS
 
 
 def _load_file(path: Path, text: str) -> Policy:
@@ -187,6 +203,22 @@ class PolicySet:
                 return asked if asked is not None else ceiling
             return tighten(field, asked, ceiling)
 
+        if spec.server_tools and not policy.server_tools:
+            raise PolicyViolation(
+                f"server_tools=true exceeds policy {policy.name!r}, which does not allow "
+                "server-side tools",
+                field="server_tools",
+            )
+        betas = policy.gateway_betas
+        if spec.gateway_betas is not None:
+            beyond = sorted(set(spec.gateway_betas) - set(betas))
+            if beyond:
+                raise PolicyViolation(
+                    f"gateway_betas: {beyond[0]!r} is not allowed by policy {policy.name!r}",
+                    field="gateway_betas",
+                )
+            betas = spec.gateway_betas
+
         ro = spec.read_only or policy.workspace == "ro"
         return EffectiveLimits(
             policy=policy,
@@ -206,4 +238,6 @@ class PolicySet:
                 is None
                 else int(t)
             ),
+            server_tools=policy.server_tools and spec.server_tools is not False,
+            gateway_betas=tuple(betas),
         )

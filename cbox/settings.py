@@ -8,10 +8,12 @@ prefix. Nothing else in claude-box reads `os.environ`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from cbox.api.authority import allowed_host_name
 
 
 def _default_data_dir() -> Path:
@@ -86,7 +88,16 @@ class Settings(BaseSettings):
     )
     api_token: SecretStr | None = Field(
         None,
-        description="CBOX_API_TOKEN: when set, API calls need `Authorization: Bearer <token>`.",
+        description="CBOX_API_TOKEN: the token API calls must carry as `Authorization: "
+        "Bearer <token>`. Unset: the server uses (or generates) the one in CBOX_API_TOKEN_FILE; "
+        "there is no way to turn the check off.",
+    )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="CBOX_ALLOWED_HOSTS (comma-separated): host names, besides IP literals, "
+        "`localhost` and this machine's own names, that requests may name in their `Host` "
+        "header (e.g. the name of a reverse proxy in front of the API). Anything else is "
+        "refused, so that a DNS-rebinding web page cannot talk to the API.",
     )
     host_firewall: Literal["auto", "on", "off"] = Field(
         "auto",
@@ -95,8 +106,9 @@ class Settings(BaseSettings):
     )
     api_token_file: Path = Field(
         default_factory=lambda: Path.home() / ".config" / "cbox" / "api-token",
-        description="CBOX_API_TOKEN_FILE: where a generated API token is kept (mode 0600) "
-        "when the server listens beyond loopback without CBOX_API_TOKEN; the CLI reads it.",
+        description="CBOX_API_TOKEN_FILE: where the API token is kept (mode 0600) when "
+        "CBOX_API_TOKEN is not set; generated at the first start. The CLI and the Linear "
+        "worker on this machine read it.",
     )
     max_body_bytes: int = Field(
         1_048_576, ge=1024, description="CBOX_MAX_BODY_BYTES: request body size cap."
@@ -199,6 +211,15 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("DOCKER_HOST", "CBOX_DOCKER_HOST"),
         description="DOCKER_HOST: engine address; default is the local socket.",
     )
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part for part in value.split(",") if part.strip()]
+        if isinstance(value, list):
+            return [allowed_host_name(str(part)) for part in value]
+        return value
 
     @property
     def work_dir(self) -> Path:

@@ -96,6 +96,10 @@ class Orchestrator:
         self.workspace = workspace
         self.db = tmp / f"cbox-{self.id}.db"
         self.log = tmp / f"serve-{self.id}.log"
+        # The API always needs a token: a random one per instance, unless the test
+        # gives its own, or empties CBOX_API_TOKEN to have the server generate one
+        # into CBOX_API_TOKEN_FILE (never the user's own file).
+        self.token_file = tmp / f"api-token-{self.id}"
         self.env = {
             **os.environ,
             "AGENT_HOST": "127.0.0.1",
@@ -113,6 +117,8 @@ class Orchestrator:
             # Off unless a test is about it: warm containers outlive tasks, and
             # most tests count what is left behind. tests/test_warm_pool.py turns it on.
             "CBOX_WARM_POOL": "0",
+            "CBOX_API_TOKEN": uuid.uuid4().hex,
+            "CBOX_API_TOKEN_FILE": str(self.token_file),
             **extra,
         }
         self.proc: subprocess.Popen[bytes] | None = None
@@ -186,9 +192,30 @@ class Orchestrator:
 
     # ---------------------------------------------------------------- HTTP helpers
 
-    async def request(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+    @property
+    def token(self) -> str:
+        """The server's API token: the one it was given, or the one it generated."""
+        given = self.env.get("CBOX_API_TOKEN")
+        if given:
+            return given
+        return Path(self.env["CBOX_API_TOKEN_FILE"]).read_text().strip()
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    @property
+    def client_env(self) -> dict[str, str]:
+        """The environment of a `cbox` CLI or worker subprocess that talks to this server."""
+        return {**os.environ, "CBOX_SERVER": self.url, "CBOX_API_TOKEN": self.token}
+
+    async def request(
+        self, method: str, path: str, *, auth: bool = True, **kwargs: Any
+    ) -> tuple[int, Any]:
+        """One request; with the token unless `auth=False` (`headers=` win over it)."""
+        headers = {**(self.headers if auth else {}), **(kwargs.pop("headers", None) or {})}
         async with aiohttp.ClientSession() as session, session.request(
-            method, self.url + path, **kwargs
+            method, self.url + path, headers=headers, **kwargs
         ) as resp:
             text = await resp.text()
             try:
@@ -206,7 +233,8 @@ class Orchestrator:
     ) -> AsyncIterator[SseEvent]:
         timeout = aiohttp.ClientTimeout(total=None, sock_read=120)
         async with aiohttp.ClientSession(timeout=timeout) as session, session.get(
-            f"{self.url}/tasks/{task_id}/events", params={"after": str(after)}, headers=headers
+            f"{self.url}/tasks/{task_id}/events", params={"after": str(after)},
+            headers={**self.headers, **(headers or {})},
         ) as resp:
             assert resp.status == 200, await resp.text()
             async for event in parse_sse(resp.content):

@@ -73,7 +73,10 @@ async def test_bad_submissions_get_json_4xx(
 
 
 async def test_other_bad_requests(api: Orchestrator) -> None:
-    got, answer = await api.request("POST", "/tasks", data=io.BytesIO(b"x" * 2_000_000))
+    got, answer = await api.request(
+        "POST", "/tasks", data=io.BytesIO(b"x" * 2_000_000),
+        headers={"Content-Type": "application/json"},
+    )
     assert got == 413
     assert "too large" in answer["error"]["message"]
     for method, path in [

@@ -62,10 +62,10 @@ async def server(
 async def cbox(
     server: Orchestrator | str, *args: str, timeout_s: float = 180
 ) -> tuple[int, str, str]:
-    url = server if isinstance(server, str) else server.url
+    env = {**os.environ, "CBOX_SERVER": server} if isinstance(server, str) else server.client_env
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "cbox", *args,
-        env={**os.environ, "CBOX_SERVER": url},
+        env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
@@ -172,7 +172,7 @@ async def test_custom_agent_protocol(server: Orchestrator) -> None:
 async def test_ctrl_c_stops_remote_task(server: Orchestrator) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "cbox", "run", "--policy", "slow", "long",
-        env={**os.environ, "CBOX_SERVER": server.url},
+        env=server.client_env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     assert proc.stdout is not None
@@ -420,12 +420,20 @@ def test_cli_reads_the_token_file_the_server_writes(
     from cbox.auth import default_token_file, ensure_token
 
     monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("CBOX_API_TOKEN_FILE", raising=False)
     assert token_file() == str(default_token_file())
     assert resolve_token(None) is None
     token, created = ensure_token(default_token_file())
     assert created
     assert resolve_token(None) == token
     assert resolve_token("explicit") == "explicit"
+    # CBOX_API_TOKEN_FILE moves the file for the server and the CLI alike.
+    elsewhere = tmp_path / "elsewhere" / "token"
+    monkeypatch.setenv("CBOX_API_TOKEN_FILE", str(elsewhere))
+    assert token_file() == str(elsewhere)
+    assert resolve_token(None) is None
+    other, _ = ensure_token(elsewhere)
+    assert resolve_token(None) == other != token
 
 
 async def test_version_matches_the_installed_metadata() -> None:

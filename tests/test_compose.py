@@ -76,6 +76,7 @@ async def stack(
         "ANTHROPIC_API_KEY": FAKE_KEY,
         "ANTHROPIC_BASE_URL": fake_api.url(),
         "CBOX_INSTANCE": name,
+        "CBOX_API_TOKEN": uuid.uuid4().hex,
     }
     up = subprocess.run(
         ["docker", "compose", "-p", name, "up", "-d", "--build", "--wait", "claude-box"],
@@ -104,14 +105,20 @@ async def test_stack_runs_a_task(
     fake_api.script(marker, [Text("hello from inside the stack")])
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "cbox", "run", f"{marker} say hello",
-        env={**os.environ, "CBOX_SERVER": url},
+        env={**os.environ, "CBOX_SERVER": url, "CBOX_API_TOKEN": env["CBOX_API_TOKEN"]},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 300)
     assert proc.returncode == 0, out.decode() + err.decode()
     assert "hello from inside the stack" in out.decode()
-    async with aiohttp.ClientSession() as session, session.get(f"{url}/history") as resp:
-        history = await resp.json()
+    auth = {"Authorization": f"Bearer {env['CBOX_API_TOKEN']}"}
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{url}/history", headers=auth) as resp:
+            history = await resp.json()
+        async with session.get(f"{url}/history") as resp:
+            assert resp.status == 401  # the stack's API has the token too
+        async with session.get(f"{url}/history", headers={**auth, "Host": "evil.example"}) as resp:
+            assert resp.status == 421
     assert history[0]["state"] == "completed"
     assert history[0]["workspace"] == env["WORKSPACE_PATH"]
     # The Linear profile is valid compose (its worker needs real Linear settings to run).
@@ -121,3 +128,10 @@ async def test_stack_runs_a_task(
         capture_output=True, text=True, check=False,
     )
     assert config.returncode == 0, config.stderr
+    # With no token in the environment, compose refuses to start it, and says why.
+    config = subprocess.run(
+        ["docker", "compose", "config", "--quiet"],
+        cwd=project, env={k: v for k, v in env.items() if k != "CBOX_API_TOKEN"},
+        capture_output=True, text=True, check=False,
+    )
+    assert "CBOX_API_TOKEN" in config.stderr, config.stderr

@@ -315,7 +315,7 @@ async def test_api_requires_its_token(
 ) -> None:
     orch = orchestrator_factory(workspace=workspace, env={"CBOX_API_TOKEN": "s3cret-token"})
     await orch.start()
-    status, body = await orch.request("POST", "/tasks", json={"prompt": "x"})
+    status, body = await orch.request("POST", "/tasks", json={"prompt": "x"}, auth=False)
     assert status == 401
     assert body["error"]["message"] == "missing or wrong API token"
     status, _ = await orch.request(
@@ -338,13 +338,15 @@ async def test_listening_beyond_loopback_generates_a_token(
     token_file = tmp_path / "config" / "api-token"
     orch = orchestrator_factory(
         workspace=workspace,
-        env={"AGENT_HOST": "0.0.0.0", "CBOX_API_TOKEN_FILE": str(token_file)},
+        env={
+            "AGENT_HOST": "0.0.0.0", "CBOX_API_TOKEN": "", "CBOX_API_TOKEN_FILE": str(token_file)
+        },
     )
     await orch.start()
     assert token_file.stat().st_mode & 0o777 == 0o600
     token = token_file.read_text().strip()
     assert len(token) >= 32
-    status, _ = await orch.request("GET", "/status")
+    status, _ = await orch.request("GET", "/status", auth=False)
     assert status == 401
     status, _ = await orch.request("GET", "/status", headers={"Authorization": f"Bearer {token}"})
     assert status == 200
@@ -354,9 +356,12 @@ async def test_listening_beyond_loopback_generates_a_token(
 async def test_malformed_and_oversized_input(box: Orchestrator) -> None:
     import io
 
-    status, _ = await box.request("POST", "/tasks", data=io.BytesIO(b"{" * 3_000_000))
+    json_type = {"Content-Type": "application/json"}
+    status, _ = await box.request(
+        "POST", "/tasks", data=io.BytesIO(b"{" * 3_000_000), headers=json_type
+    )
     assert status == 413
-    status, _ = await box.request("POST", "/tasks", data=b"\xff\xfe not json")
+    status, _ = await box.request("POST", "/tasks", data=b"\xff\xfe not json", headers=json_type)
     assert status == 400
     status, _ = await box.request("POST", "/tasks", json={"prompt": "x" * 200_000})
     assert status == 400

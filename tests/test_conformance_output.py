@@ -17,6 +17,7 @@ import os
 import re
 import sqlite3
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -149,14 +150,16 @@ def _strings(value: Any) -> list[str]:
 
 
 async def get(orch: Orchestrator, path: str) -> tuple[int, str]:
-    async with aiohttp.ClientSession() as session, session.get(orch.url + path) as resp:
+    async with aiohttp.ClientSession(headers=orch.headers) as session, session.get(
+        orch.url + path
+    ) as resp:
         return resp.status, await resp.text()
 
 
 async def sse_events(orch: Orchestrator, task_id: str) -> list[tuple[str, Any]]:
     """Every event of a task, read as raw SSE to its end (the `done` event), strictly parsed."""
     timeout = aiohttp.ClientTimeout(total=DONE_TIMEOUT_S)
-    async with aiohttp.ClientSession(timeout=timeout) as session, session.get(
+    async with aiohttp.ClientSession(timeout=timeout, headers=orch.headers) as session, session.get(
         f"{orch.url}/tasks/{task_id}/events"
     ) as resp:
         assert resp.status == 200
@@ -394,6 +397,11 @@ async def test_a_database_poisoned_by_the_old_code_loads_again(
         task = json.loads(text)
         assert task["state"] == "failed" and "stored row was invalid" in task["error"]
     assert orch.containers() == []
+    history = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "cbox", "history"],
+        env=orch.client_env, capture_output=True, text=True, timeout=60,
+    )
+    assert history.returncode == 0, history.stderr[-500:]
     await orch.stop()
     await orch.start()
     for path in ("/tasks", "/history", f"/tasks/{done.id}", f"/tasks/{surrogate.id}"):

@@ -15,8 +15,9 @@ from typing import Any
 
 import aiohttp
 import pytest
+from yarl import URL
 
-from tests.fakes.anthropic import FakeAnthropic, HttpError, Slow, Text, ToolUse
+from tests.fakes.anthropic import FakeAnthropic, HttpError, Redirect, Slow, Text, ToolUse
 
 MODEL = "claude-test-model"
 
@@ -386,3 +387,35 @@ async def test_several_hosts_share_one_port() -> None:
                     await resp.read()
     finally:
         await server.close()
+
+
+async def test_prefix_seen_and_redirect() -> None:
+    """Served under a prefix, every request kept as it arrived, a scripted redirect."""
+    server = FakeAnthropic(prefix="/anthropic")
+    await server.start()
+    try:
+        assert server.url().endswith(f":{server.port}/anthropic")
+        server.script("MARK-r", [Redirect("http://127.0.0.1:1/elsewhere")])
+        async with aiohttp.ClientSession() as session:
+            async with session.post(server.url() + "/v1/messages", json=_body(_user("x"))) as ok:
+                assert ok.status == 200
+                await ok.read()
+            root = server.url().removesuffix("/anthropic")
+            async with session.post(root + "/v1/messages", json=_body(_user("x"))) as outside:
+                assert outside.status == 404
+            async with session.post(
+                server.url() + "/v1/messages", json=_body(_user("MARK-r")), allow_redirects=False
+            ) as moved:
+                assert moved.status == 302
+                assert moved.headers["Location"] == "http://127.0.0.1:1/elsewhere"
+            odd_url = URL(server.url() + "/v1/%2e%2e/x?y=1", encoded=True)
+            async with session.get(odd_url) as odd:
+                assert odd.status == 404
+    finally:
+        await server.close()
+    assert [(s.method, s.raw_path) for s in server.seen] == [
+        ("POST", "/anthropic/v1/messages"), ("POST", "/v1/messages"),
+        ("POST", "/anthropic/v1/messages"), ("GET", "/anthropic/v1/%2e%2e/x?y=1"),
+    ]
+    assert server.seen[0].headers["content-type"] == "application/json"
+    assert server.seen[3].path == "/anthropic/v1/%2e%2e/x"

@@ -59,32 +59,44 @@ def label(linear: FakeLinear, team: Team) -> Label:
 
 @pytest.fixture
 async def orch(orchestrator_factory: type[Orchestrator], tmp_path: Path) -> Orchestrator:
-    server = _server(orchestrator_factory, tmp_path)
+    # The server generates its token into its token file, and the worker finds it there.
+    server = _server(orchestrator_factory, tmp_path, token="")
     await server.start()
     return server
 
 
-def _server(factory: type[Orchestrator], tmp_path: Path, max_concurrent: int = 4) -> Orchestrator:
+def _server(
+    factory: type[Orchestrator], tmp_path: Path, max_concurrent: int = 4, token: str | None = None
+) -> Orchestrator:
     policies = tmp_path / "policies"
     policies.mkdir(exist_ok=True)
     for name, text in POLICIES.items():
         (policies / f"{name}.toml").write_text(text)
     ws = tmp_path / "ws"
     ws.mkdir(exist_ok=True)
-    return factory(
-        workspace=ws, max_concurrent=max_concurrent, env={"CBOX_POLICIES_DIR": str(policies)}
-    )
+    env = {"CBOX_POLICIES_DIR": str(policies)}
+    if token is not None:
+        env["CBOX_API_TOKEN"] = token
+    return factory(workspace=ws, max_concurrent=max_concurrent, env=env)
 
 
-def worker_env(linear: FakeLinear, server: str, **extra: str) -> dict[str, str]:
+def worker_env(linear: FakeLinear, server: Orchestrator | str, **extra: str) -> dict[str, str]:
+    """The worker's environment; the server's token as it would find it on the machine:
+    in CBOX_API_TOKEN if the server was given one, else through CBOX_API_TOKEN_FILE."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LINEAR_", "CBOX_"))}
     env.update({
         "LINEAR_API_URL": linear.url,
         "LINEAR_API_KEY": API_KEY,
         "LINEAR_TEAM_ID": "ENG",
-        "CBOX_SERVER": server,
-        **extra,
+        "CBOX_SERVER": server if isinstance(server, str) else server.url,
     })
+    if isinstance(server, Orchestrator):
+        given = server.env.get("CBOX_API_TOKEN")
+        if given:
+            env["CBOX_API_TOKEN"] = given
+        else:
+            env["CBOX_API_TOKEN_FILE"] = server.env["CBOX_API_TOKEN_FILE"]
+    env.update(extra)
     return env
 
 
@@ -223,7 +235,7 @@ async def test_one_issue_goes_in_progress_then_in_review_with_the_answer(
     linear.rate_limit_once(reset_in_s=1.0)
 
     code, _, err = await worker(
-        worker_env(linear, orch.url), "--policy", "ok", "--public-url", "https://cbox.example"
+        worker_env(linear, orch), "--policy", "ok", "--public-url", "https://cbox.example"
     )
 
     assert code == 0, err
@@ -250,7 +262,7 @@ async def test_failed_task_sends_the_issue_back_to_todo_with_the_reason(
     breaks = linear.add_label("breaks-things", team)
     issue = linear.add_issue(team, "This will fail", priority=1, labels=(label, breaks))
     code, _, err = await worker(
-        worker_env(linear, orch.url), "--policy", "ok", "--label-policy", "breaks-things=broken"
+        worker_env(linear, orch), "--policy", "ok", "--label-policy", "breaks-things=broken"
     )
     assert code == 1, err
     [task] = await tasks_for(orch, issue)
@@ -270,7 +282,7 @@ async def test_real_claude_code_answer_and_cost(
 ) -> None:
     fake_api.script(marker, [Text(f"{marker}: I looked, and the answer is 42.")])
     issue = linear.add_issue(team, f"{marker} find the answer", priority=1, labels=(label,))
-    code, _, err = await worker(worker_env(linear, orch.url))
+    code, _, err = await worker(worker_env(linear, orch))
     assert code == 0, err
     assert linear.moves(issue) == ["In Progress", "In Review"]
     [body] = result_comments(linear, issue)
@@ -286,7 +298,7 @@ async def test_two_daemons_never_run_the_same_issue_twice(
     linear: FakeLinear, team: Team, label: Label, orch: Orchestrator
 ) -> None:
     issues = [linear.add_issue(team, f"job {n}", priority=2, labels=(label,)) for n in range(4)]
-    env = worker_env(linear, orch.url)
+    env = worker_env(linear, orch)
     args = ("--daemon", "--interval", "0.3", "--max-parallel", "2", "--policy", "slow")
     daemons = [await start_worker(env, *args) for _ in range(2)]
     try:
@@ -311,7 +323,7 @@ async def test_restart_posts_the_result_of_a_dead_workers_task_once(
     linear: FakeLinear, team: Team, label: Label, orch: Orchestrator
 ) -> None:
     issue = linear.add_issue(team, "Survive a crash", priority=1, labels=(label,))
-    env = worker_env(linear, orch.url)
+    env = worker_env(linear, orch)
     proc = await start_worker(env, "--policy", "slow")
     await until(lambda: tasks_for(orch, issue), what="the task to be submitted")
     proc.kill()
@@ -341,7 +353,7 @@ async def test_waits_for_an_orchestrator_that_starts_late(
 ) -> None:
     issue = linear.add_issue(team, "Patience", priority=1, labels=(label,))
     server = _server(orchestrator_factory, tmp_path)
-    proc = await start_worker(worker_env(linear, server.url), "--policy", "ok")
+    proc = await start_worker(worker_env(linear, server), "--policy", "ok")
     await asyncio.sleep(1.5)  # the worker is now retrying against a closed port
     assert linear.mutations == []  # nothing claimed while the orchestrator is away
     await server.start()

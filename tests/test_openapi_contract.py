@@ -17,6 +17,7 @@ fuzzer, and checks that nothing else differs.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import re
@@ -29,6 +30,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from pydantic import Field
 
 from cbox.api import event_types, openapi, params
@@ -123,7 +125,20 @@ async def served(
 ) -> AsyncIterator[Orchestrator]:
     ws = tmp_path / "ws"
     ws.mkdir()
-    orch = orchestrator_factory(workspace=ws, policies=POLICIES)
+    # A receiver the deployment allows, so webhook subscriptions and a task's
+    # `notify_url` can be accepted (both must name an allowed, reachable URL).
+    receiver = web.Application()
+    receiver.router.add_post("/hook", _accept)
+    runner = web.AppRunner(receiver)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    orch = orchestrator_factory(workspace=ws, policies=POLICIES, env={
+        "CBOX_WEBHOOK_ALLOWED_URLS": json.dumps([f"http://127.0.0.1:{port}"]),
+        "CBOX_WEBHOOK_SECRET": WEBHOOK_SECRET,
+    })
+    orch.hook_url = f"http://127.0.0.1:{port}/hook"  # type: ignore[attr-defined]
     if getattr(orch, "token", None) is None:
         # Before the API always required a token: require one here all the same.
         orch.token = secrets.token_urlsafe(24)  # type: ignore[attr-defined]
@@ -131,6 +146,7 @@ async def served(
     await orch.start()
     yield orch
     await orch.destroy()  # first, so no container holds a session volume
+    await runner.cleanup()
     subprocess.run(
         ["sh", "-c", f"docker volume ls -q --filter label=dev.cbox.instance={orch.instance}"
          " | xargs -r docker volume rm -f"],
@@ -147,7 +163,7 @@ async def test_every_405_names_the_allowed_methods(served: Orchestrator) -> None
     """RFC 9110: a 405 must carry `Allow`; our JSON error body used to drop it."""
     async with aiohttp.ClientSession(headers=_auth(served)) as session:
         for path, ops in openapi.spec()["paths"].items():
-            concrete = path.replace("{task_id}", "task_unknown").replace("{session_id}", "nope")
+            concrete = re.sub(r"\{[a-z_]+\}", "nope", path.replace("{task_id}", "task_unknown"))
             declared = {m.upper() for m in ops}
             for method in sorted({"TRACE", "PATCH", "PUT", "DELETE", "POST"} - declared):
                 async with session.request(method, served.url + concrete) as resp:
@@ -158,16 +174,33 @@ async def test_every_405_names_the_allowed_methods(served: Orchestrator) -> None
                     assert {m.strip() for m in allow.split(",")} == expected, (path, allow)
 
 
-def _for_this_deployment(document: dict[str, Any], workspace: Path) -> dict[str, Any]:
-    """The served description plus the two facts only the deployment knows."""
+async def _accept(request: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
+WEBHOOK_SECRET = "whsec_" + "A" * 32
+
+
+def _for_this_deployment(
+    document: dict[str, Any], workspace: Path, hook_url: str
+) -> dict[str, Any]:
+    """The served description plus the facts only the deployment knows.
+
+    Policy names, the workspace path and the allowed webhook receivers are
+    the server's configuration, kept out of the public description.
+    """
     narrowed = copy.deepcopy(document)
-    props = narrowed["components"]["schemas"]["TaskSpec"]["properties"]
+    schemas = narrowed["components"]["schemas"]
+    props = schemas["TaskSpec"]["properties"]
     props["policy"]["enum"] = sorted(POLICIES)
     props["workspace"] = {"enum": [str(workspace), None], "default": None}
+    props["notify_url"] = {"enum": [hook_url, None], "default": None}
+    schemas["WebhookIn"]["properties"]["url"] = {"enum": [hook_url]}
     # Nothing else: the fuzzer checks the description the server serves.
     again = copy.deepcopy(narrowed)
-    again["components"]["schemas"]["TaskSpec"]["properties"] = document["components"][
-        "schemas"]["TaskSpec"]["properties"]
+    for name in ("TaskSpec", "WebhookIn"):
+        again["components"]["schemas"][name]["properties"] = document["components"][
+            "schemas"][name]["properties"]
     assert again == document
     return narrowed
 
@@ -181,11 +214,15 @@ async def test_schemathesis_finds_no_disagreement(served: Orchestrator, tmp_path
         assert resp.status == 200  # with no token: the description is public
         document = await resp.json()
     schema_file = tmp_path / "openapi.json"
-    narrowed = _for_this_deployment(document, served.workspace)
+    narrowed = _for_this_deployment(
+        document, served.workspace, served.hook_url  # type: ignore[attr-defined]
+    )
     schema_file.write_text(json.dumps(narrowed))
     command = schemathesis_command(served, schema_file, seed=SEED)
-    proc = subprocess.run(
-        command, capture_output=True, text=True, timeout=420, check=False, cwd=tmp_path
+    # In a thread: the allowed webhook receiver runs on this test's loop.
+    proc = await asyncio.to_thread(
+        subprocess.run,
+        command, capture_output=True, text=True, timeout=420, check=False, cwd=tmp_path,
     )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"$ {' '.join(command)}\n{output}"

@@ -30,6 +30,7 @@ async def test_seed_post_task_streams_start_output_done(
     fake_api.script(marker, [Text("Hello from the fake model.\nSecond line.")])
     proc = await asyncio.create_subprocess_exec(
         "curl", "-sS", "-N", "-X", "POST", f"{orchestrator.url}/task",
+        "-H", f"Authorization: Bearer {orchestrator.token}",
         "-H", "Content-Type: application/json", "-d", f'{{"prompt": "{marker} say hello"}}',
         stdout=asyncio.subprocess.PIPE,
     )
@@ -249,7 +250,7 @@ async def test_quiet_task_gets_keepalives_between_events(
     task = await orch.submit("be quiet", policy="quiet")
     timeout = aiohttp.ClientTimeout(total=120)
     async with aiohttp.ClientSession(timeout=timeout) as session, session.get(
-        f"{orch.url}/tasks/{task['id']}/events"
+        f"{orch.url}/tasks/{task['id']}/events", headers=orch.headers
     ) as resp:
         body = (await resp.read()).decode()
     between = body[body.index('"line":"a"') : body.index('"line":"b"')]

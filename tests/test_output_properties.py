@@ -25,6 +25,7 @@ from typing import Any
 from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import SecretStr
 
 from cbox.api.app import make_app
 from cbox.models import Task, TaskSpec
@@ -43,6 +44,7 @@ EVENT_BYTES = 2048
 BUDGET_BYTES = 200_000
 #: Fixed and derandomized: the same examples every run, well under a minute.
 EXAMPLES = 250
+TOKEN = "property-test-token-" + "x" * 24
 
 NASTY = ["\ud800", "\udfff", "\udc00\ud800", "\x00", "\ufffd", "é", "😀", "\u2028", "\\", '"']
 text = st.text(max_size=40) | st.sampled_from(NASTY) | st.lists(
@@ -146,11 +148,14 @@ def _strings(value: Any) -> list[str]:
 
 @asynccontextmanager
 async def served(tmp: Path) -> AsyncIterator[tuple[TaskService, TestClient[Any, Any]]]:
-    config = Settings(db_path=tmp / "cbox.db", workspace_dir=tmp, warm_pool=0)
+    config = Settings(db_path=tmp / "cbox.db", workspace_dir=tmp, warm_pool=0,
+                      api_token=SecretStr(TOKEN))
     service = TaskService(config, SqliteStore(config.db_path), DockerBackend(),
                           PolicySet.load(None))
     await service.store.open()
-    client: TestClient[Any, Any] = TestClient(TestServer(make_app(service)))
+    client: TestClient[Any, Any] = TestClient(
+        TestServer(make_app(service)), headers={"Authorization": f"Bearer {TOKEN}"}
+    )
     await client.start_server()
     try:
         yield service, client

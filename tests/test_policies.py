@@ -76,7 +76,8 @@ def test_broken_file_stops_server_with_one_line(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "cbox", "serve"],
         env={**os.environ, "CBOX_POLICIES_DIR": str(tmp_path), "AGENT_PORT": "0",
-             "CBOX_DB_PATH": str(tmp_path / "db.sqlite")},
+             "CBOX_DB_PATH": str(tmp_path / "db.sqlite"),
+             "CBOX_API_TOKEN_FILE": str(tmp_path / "api-token")},
         capture_output=True, text=True, timeout=60, check=False,
     )
     assert proc.returncode != 0

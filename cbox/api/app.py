@@ -2,42 +2,33 @@
 
 from __future__ import annotations
 
-import hmac
-
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
-from cbox.api.errors import error_middleware, error_response
+from cbox.api.authority import AllowedHosts
+from cbox.api.errors import error_middleware
+from cbox.api.guard import BearerToken, Guard
 from cbox.api.openapi import openapi_handler
 from cbox.api.routes import SERVICE, routes
+from cbox.errors import ConfigError
 from cbox.orchestrator.service import TaskService
 
-OPEN_PATHS = frozenset({"/healthz", "/openapi.json"})
 
+def make_guard(service: TaskService) -> Guard:
+    """The browser checks and the credential; an app without a token is refused.
 
-async def _call(handler: Handler, request: web.Request) -> web.StreamResponse:
-    response: web.StreamResponse = await handler(request)
-    return response
+    `cbox serve` always provides one (`CBOX_API_TOKEN` or the token file), so
+    reaching the error means a caller built the app by hand and forgot it.
+    """
+    settings = service.settings
+    if settings.api_token is None or not settings.api_token.get_secret_value():
+        raise ConfigError("the API needs a token: set CBOX_API_TOKEN or CBOX_API_TOKEN_FILE")
+    token = BearerToken(settings.api_token.get_secret_value().encode())
+    return Guard(AllowedHosts(settings.allowed_hosts), [token])
 
 
 def make_app(service: TaskService) -> web.Application:
-    token = service.settings.api_token
-    middlewares = [error_middleware]
-    if token is not None:
-        secret = token.get_secret_value().encode()
-
-        @web.middleware
-        async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-            if request.path in OPEN_PATHS:
-                return await _call(handler, request)
-            given = request.headers.get("Authorization", "")
-            if not given.startswith("Bearer ") or not hmac.compare_digest(
-                given[7:].strip().encode(), secret
-            ):
-                return error_response(401, "Unauthorized", "missing or wrong API token")
-            return await _call(handler, request)
-
-        middlewares.append(auth)
+    # error_middleware is outermost, so anything the guard raises leaves as JSON too.
+    middlewares = [error_middleware, make_guard(service).middleware()]
     app = web.Application(middlewares=middlewares, client_max_size=service.settings.max_body_bytes)
     app[SERVICE] = service
     app.add_routes(routes)

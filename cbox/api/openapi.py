@@ -282,6 +282,7 @@ def spec(task_spec: type[TaskSpec] = TaskSpec) -> dict[str, Any]:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": _components(task_spec),
         },
+        # Always required (cbox.api.guard); the two open paths say `security: []`.
         "security": [{"bearer": []}],
         "paths": {
             "/task": {"post": _operation(

@@ -18,15 +18,25 @@ log = logging.getLogger("cbox.serve")
 
 
 def require_token(settings: Settings) -> Settings:
-    """Beyond loopback a token is mandatory: use the configured one or make one."""
-    if settings.api_token is not None or is_loopback(settings.host):
+    """A token always, whatever the listen address: the configured one, or the file's.
+
+    Loopback is no shelter: every web page in the user's browser can reach it.
+    The token itself is logged only when it was just made for a server that
+    listens beyond loopback, where it has to be copied to another machine.
+    """
+    if settings.api_token is not None:
         return settings
     token, created = ensure_token(settings.api_token_file)
-    if created:
+    if created and not is_loopback(settings.host):
         log.warning(
-            "listening on %s needs an API token; generated one and saved it to %s "
-            "(the cbox CLI on this machine reads it from there). Token: %s",
-            settings.host, settings.api_token_file, token,
+            "generated an API token and saved it to %s (the cbox CLI on this machine "
+            "reads it from there); clients elsewhere need it. Token: %s",
+            settings.api_token_file, token,
+        )
+    elif created:
+        log.warning(
+            "generated an API token and saved it to %s; the cbox CLI on this machine "
+            "reads it from there", settings.api_token_file,
         )
     else:
         log.info("API token from %s", settings.api_token_file)

@@ -83,4 +83,9 @@ def error_message(status: int, text: str) -> str:
         message = body["error"]["message"]
     except (ValueError, KeyError, TypeError):
         message = text.strip()[:200] or "no details"
+    if status == 401:
+        message += (
+            " (pass --token or set CBOX_API_TOKEN; a server on this machine keeps its token"
+            " in CBOX_API_TOKEN_FILE, by default ~/.config/cbox/api-token)"
+        )
     return f"HTTP {status}: {message}"

@@ -22,6 +22,7 @@ import click
 from pydantic import ValidationError
 
 from cbox.cli.client import Client
+from cbox.cli.defaults import resolve_token
 from cbox.errors import CboxError, ConfigError
 from cbox.integrations.linear import LinearWorker
 from cbox.integrations.linear_api import DEFAULT_API_URL, LinearApi
@@ -60,7 +61,11 @@ def _label_policy(
     "--server", envvar="CBOX_SERVER", default="http://127.0.0.1:8080", show_default=True,
     help="Orchestrator URL (env CBOX_SERVER).",
 )
-@click.option("--token", envvar="CBOX_API_TOKEN", default=None, help="Orchestrator API token.")
+@click.option(
+    "--token", envvar="CBOX_API_TOKEN", default=None,
+    help="Orchestrator API token (env CBOX_API_TOKEN; default: the token file of a server on "
+    "this machine, CBOX_API_TOKEN_FILE).",
+)
 @click.option(
     "--max-parallel", type=click.IntRange(1, 64), default=1, show_default=True,
     envvar="CBOX_LINEAR_MAX_PARALLEL", help="Daemon: issues run at once.",
@@ -116,8 +121,8 @@ def linear(
     try:
         config = WorkerConfig(
             api_url=api_url, api_key=api_key, team=team, label=label, server=server,
-            token=token, policy=policy, label_policies=label_policies, public_url=public_url,
-            max_parallel=max_parallel, interval_s=interval_s,
+            token=resolve_token(token), policy=policy, label_policies=label_policies,
+            public_url=public_url, max_parallel=max_parallel, interval_s=interval_s,
         )
     except ValidationError as exc:
         err = exc.errors()[0]

@@ -144,10 +144,13 @@ def pool_key(
 ) -> str:
     """Which tasks a warm container can serve: everything `container_config` reads
     except what only reaches the box with the task itself (its command, id, prompt
-    and the knobs that end up in its argv), and the gateway budget, which is set
-    when the task takes the container.
+    and the knobs that end up in its argv), and the gateway budget and API access,
+    which are set when the task takes the container.
     """
-    per_task = {"model", "max_turns", "timeout_s", "max_cost_usd", "max_tokens"}
+    per_task = {
+        "model", "max_turns", "timeout_s", "max_cost_usd", "max_tokens", "server_tools",
+        "gateway_betas",
+    }
     return json.dumps(
         [
             image,

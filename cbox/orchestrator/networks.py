@@ -11,11 +11,12 @@ reused: the running container already holds them.
 from __future__ import annotations
 
 from cbox.models import Task
+from cbox.orchestrator.budget import Budget
 from cbox.orchestrator.container import Gateway
 from cbox.orchestrator.docker import LABEL_INSTANCE, LABEL_TASK, DockerBackend, bridge_name
 from cbox.orchestrator.egress import DenialHandler, EgressProxy
 from cbox.orchestrator.firewall import HostFirewall
-from cbox.orchestrator.gateway import ApiGateway, Budget, BudgetHandler, new_token
+from cbox.orchestrator.gateway import Access, ApiGateway, BudgetHandler, RefusedHandler, new_token
 from cbox.policies import EffectiveLimits
 from cbox.settings import Settings
 
@@ -35,6 +36,7 @@ class TaskNetworks:
         *,
         on_budget: BudgetHandler,
         on_denied: DenialHandler,
+        on_refused: RefusedHandler | None = None,
     ) -> None:
         self.settings = settings
         self.docker = docker
@@ -45,6 +47,8 @@ class TaskNetworks:
             api_key=key.get_secret_value() if key else None,
             oauth_token=oauth.get_secret_value() if oauth else None,
             on_budget=on_budget,
+            on_refused=on_refused,
+            on_denied=on_denied,
         )
         self.egress = EgressProxy(on_denied=on_denied)
         self.firewall = HostFirewall(settings.host_firewall, settings.instance)
@@ -74,9 +78,8 @@ class TaskNetworks:
             labels={LABEL_INSTANCE: self.settings.instance, LABEL_TASK: task.id},
         )
         task.gateway_token = task.gateway_token or new_token()
-        budget = Budget(max_cost_usd=limits.max_cost_usd, max_tokens=limits.max_tokens)
         port = await self.gateway.open_for(
-            task.id, task.gateway_token, ip, port_of(task.gateway_url), budget
+            task.id, task.gateway_token, ip, port_of(task.gateway_url), *_rules(limits)
         )
         task.gateway_url = f"http://{ip}:{port}"
         if policy.network == "allowlist":
@@ -98,10 +101,9 @@ class TaskNetworks:
         )
 
     def set_budget(self, task: Task, limits: EffectiveLimits) -> None:
-        """The task's own budget, for doors opened before the task was known (warm pool)."""
-        self.gateway.set_budget(
-            task.id, Budget(max_cost_usd=limits.max_cost_usd, max_tokens=limits.max_tokens)
-        )
+        """The task's own budget and API access, for doors opened before the task was
+        known (warm pool)."""
+        self.gateway.set_rules(task.id, *_rules(limits))
 
     async def close_for(self, task: Task) -> None:
         """Close the task's doors and record what the gateway counted on it."""
@@ -120,6 +122,13 @@ class TaskNetworks:
     async def remove(self, task: Task) -> None:
         if task.network:
             await self.docker.remove_network(task.network)
+
+
+def _rules(limits: EffectiveLimits) -> tuple[Budget, Access]:
+    return (
+        Budget(max_cost_usd=limits.max_cost_usd, max_tokens=limits.max_tokens),
+        Access(betas=frozenset(limits.gateway_betas), server_tools=limits.server_tools),
+    )
 
 
 def _door_ports(task: Task) -> list[int]:

@@ -1,6 +1,7 @@
 """How a task ended: from the container's exit, the agent's result and our own flags.
 
-Pure functions, so the rules read in one place: a stop or a spent budget wins
+Pure functions, so the rules read in one place: a credential the model API
+refused fails the task whatever else happened; a stop or a spent budget wins
 over anything the agent said, then the timeout, then an engine failure, then
 an OOM kill; only an exit code of 0 with no `is_error` is `completed`.
 Claude Code's success is `result.is_error`, not `result.subtype`.
@@ -24,6 +25,7 @@ class Ending:
     timed_out: bool
     timeout_s: float
     memory_mb: int
+    refused: str | None = None
     #: Why the task's output was cut off (`max_task_output_bytes`); ends it `failed`.
     output_exceeded: str | None = None
 
@@ -55,6 +57,9 @@ def decide(ending: Ending, info: ExitInfo | None, outcome: Outcome) -> TaskState
     if info is not None:
         outcome.exit_code = info.exit_code
         outcome.oom_killed = info.oom_killed
+    if ending.refused:
+        outcome.error = ending.refused
+        return TaskState.FAILED
     if ending.over_budget:
         outcome.error = ending.over_budget
         return TaskState.STOPPED

@@ -80,6 +80,7 @@ class _Run:
     stop_requested: bool = False
     timed_out: bool = False
     over_budget: str | None = None
+    refused: str | None = None  # the model API refused the credential
     output_exceeded: str | None = None
     handle: asyncio.Task[None] | None = None
 
@@ -105,7 +106,8 @@ class TaskService:
         self.docker = docker
         self.policies = policies
         self.networks = TaskNetworks(
-            settings, docker, on_budget=self._on_budget, on_denied=self._on_denied
+            settings, docker, on_budget=self._on_budget, on_denied=self._on_denied,
+            on_refused=self._on_refused,
         )
         self.pool = WarmPool(settings, docker, self.networks)
         self._warm: dict[str, Slot] = {}  # warm containers taken by tasks not yet started
@@ -500,6 +502,15 @@ class TaskService:
         self._logs[task_id].append("log", {"line": reason})
         self._background(self._stop_for_budget(task_id))
 
+    def _on_refused(self, task_id: str, reason: str) -> None:
+        """A bad credential: end the task now, not after the CLI's minutes of retries."""
+        run = self._runs.get(task_id)
+        if run is None:
+            return
+        run.refused = reason
+        self._logs[task_id].append("log", {"line": reason})
+        self._background(self._stop_for_budget(task_id))
+
     async def _stop_for_budget(self, task_id: str) -> None:
         with contextlib.suppress(CboxError):
             await self.stop(task_id)
@@ -612,6 +623,7 @@ class TaskService:
         if task.started_at is not None and task.outcome.duration_ms is None:
             task.outcome.duration_ms = int((time.time() - task.started_at) * 1000)
         ending = Ending(
+            refused=run.refused,
             over_budget=run.over_budget,
             output_exceeded=run.output_exceeded,
             stop_requested=run.stop_requested,

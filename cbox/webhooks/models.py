@@ -1,7 +1,7 @@
 """Webhook subscriptions, deliveries and attempts, as served and stored.
 
 A subscription's secrets are Standard Webhooks secrets: `whsec_` and the
-base64 of 24 to 64 random bytes. They are checked here, strictly (the
+base64 of 24 to 62 random bytes. They are checked here, strictly (the
 library's own decoding forgives bad padding and stray characters), and never
 served back: the API shows `previous_secret_set` and a fingerprint instead.
 """
@@ -22,7 +22,12 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SECRET_PREFIX = "whsec_"
 MIN_SECRET_BYTES = 24
-MAX_SECRET_BYTES = 64
+MAX_SECRET_BYTES = 62
+#: Canonical base64 of MIN..MAX bytes, so the description (`pattern`) and the
+#: check are one rule: 8 to 20 full quads, then an optional padded tail.
+SECRET = re.compile(
+    r"^whsec_(?:[A-Za-z0-9+/]{4}){8,20}(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+)
 
 
 class EventType(enum.StrEnum):
@@ -44,6 +49,11 @@ def check_secret(value: str) -> str:
     """The secret itself, or ValueError saying what is wrong with it."""
     if not value.startswith(SECRET_PREFIX):
         raise ValueError(f"must start with {SECRET_PREFIX!r} (Standard Webhooks secret)")
+    if not SECRET.match(value):
+        raise ValueError(
+            f"must be {SECRET_PREFIX!r} followed by the base64 of {MIN_SECRET_BYTES} to "
+            f"{MAX_SECRET_BYTES} random bytes"
+        )
     try:
         raw = base64.b64decode(value[len(SECRET_PREFIX):], validate=True)
     except (binascii.Error, ValueError):
@@ -84,11 +94,18 @@ class SubscriptionIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(description="Letters, digits, `_.-`; at most 64 characters.")
+    name: str = Field(
+        json_schema_extra={"pattern": NAME.pattern},
+        description="Letters, digits, `_.-`; at most 64 characters.",
+    )
     url: str = Field(max_length=2000, description="Where deliveries are POSTed.")
-    secret: SecretStr = Field(description="`whsec_` + base64 of 24-64 random bytes.")
+    secret: SecretStr = Field(
+        json_schema_extra={"pattern": SECRET.pattern},
+        description="`whsec_` + base64 of 24-62 random bytes.",
+    )
     previous_secret: SecretStr | None = Field(
-        None, description="The secret being rotated out: deliveries carry both signatures."
+        None, json_schema_extra={"pattern": SECRET.pattern},
+        description="The secret being rotated out: deliveries carry both signatures.",
     )
     events: list[EventType] = Field(min_length=1, description="Event types to deliver.")
     filter: SubscriptionFilter = Field(default_factory=SubscriptionFilter)
@@ -96,7 +113,7 @@ class SubscriptionIn(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not NAME.match(value):
+        if not NAME.fullmatch(value):
             raise ValueError(
                 "must be 1-64 characters of letters, digits, '_', '.' or '-', "
                 "starting with a letter or digit"

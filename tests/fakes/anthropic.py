@@ -9,6 +9,11 @@ between. Keeping the byte format faithful (event names, block indexes, ``input_j
 chunks, ids, usage, error JSON, ``request-id`` headers) is the whole point: a sloppy fake
 would let tests pass against a CLI that would choke on it, or the reverse.
 
+Every request is also kept as it arrived on the wire (``seen``: method, raw path with
+query, headers), before any routing, so a test can check what a client really sent: which
+endpoints, which ``anthropic-beta`` values, or that nothing arrived outside the fake's
+path ``prefix`` (the fake can serve under one, as a proxy in front of the API would).
+
 Conversations are told apart by a *marker*: a string the test puts in the prompt (for
 example a task id). The turn within a conversation is the number of assistant messages
 the CLI sends back, which is how the real API sees it too: the CLI resends the whole
@@ -30,7 +35,9 @@ __all__ = [
     "FakeAnthropic",
     "HttpError",
     "Recorded",
+    "Redirect",
     "Reply",
+    "Seen",
     "Slow",
     "Text",
     "ToolUse",
@@ -83,7 +90,18 @@ class Slow:
     delay_s: float
 
 
-Reply = Text | ToolUse | HttpError | Slow
+@dataclass
+class Redirect:
+    """Answer with a redirect to ``location``, as a misconfigured or hostile proxy might.
+
+    Why: a client that follows it would carry the request's credential to ``location``.
+    """
+
+    location: str
+    status: int = 302
+
+
+Reply = Text | ToolUse | HttpError | Slow | Redirect
 
 
 @dataclass
@@ -97,6 +115,23 @@ class Recorded:
     path: str
     headers: dict[str, str]
     body: dict[str, Any]
+
+
+@dataclass
+class Seen:
+    """One request exactly as it arrived, whatever its method or path.
+
+    ``raw_path`` is the request target before any decoding (``%2e%2e`` stays as sent),
+    with its query string; ``headers`` keys are lower-cased.
+    """
+
+    method: str
+    raw_path: str
+    headers: dict[str, str]
+
+    @property
+    def path(self) -> str:
+        return self.raw_path.split("?", 1)[0]
 
 
 # How many pieces each text / tool-input JSON is streamed in. Real streams cut text into
@@ -162,18 +197,25 @@ class FakeAnthropic:
     Listens on every host in ``hosts`` on one port, so the same URL shape works from the
     test process (127.0.0.1) and from containers (a Docker bridge gateway address).
     Give IP addresses: a name resolving to several addresses would, with port 0, be
-    bound on several ports.
+    bound on several ports. With a ``prefix`` (``"/anthropic"``) the API is served under
+    it, and anything outside it gets a 404 (and stays in ``seen``).
     """
 
     expected_api_key: str | None = None
 
-    def __init__(self, hosts: Sequence[str] = ("127.0.0.1",), port: int = 0) -> None:
+    def __init__(
+        self, hosts: Sequence[str] = ("127.0.0.1",), port: int = 0, prefix: str = ""
+    ) -> None:
         if not hosts:
             raise ValueError("FakeAnthropic needs at least one host to listen on")
+        if prefix and (not prefix.startswith("/") or prefix.endswith("/")):
+            raise ValueError("prefix must start with '/' and not end with one")
         self._hosts = tuple(hosts)
         self.port = port
+        self.prefix = prefix
         self.expected_api_key = None
         self.requests: list[Recorded] = []
+        self.seen: list[Seen] = []
         self._scripts: list[tuple[str, list[Reply]]] = []
         self._runner: web.AppRunner | None = None
 
@@ -215,7 +257,7 @@ class FakeAnthropic:
 
     def url(self, host: str = "127.0.0.1") -> str:
         """Base URL for ``ANTHROPIC_BASE_URL`` as seen from ``host``'s side."""
-        return f"http://{host}:{self.port}"
+        return f"http://{host}:{self.port}{self.prefix}"
 
     # -- scripting and records ---------------------------------------------------------
 
@@ -236,6 +278,7 @@ class FakeAnthropic:
         """Forget all scripts and recorded requests."""
         self._scripts.clear()
         self.requests.clear()
+        self.seen.clear()
 
     def _reply_for(self, body: dict[str, Any]) -> Reply:
         for marker, replies in reversed(self._scripts):
@@ -285,9 +328,19 @@ class FakeAnthropic:
         return body
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        if request.method == "POST" and request.path == "/v1/messages":
+        self.seen.append(
+            Seen(
+                method=request.method,
+                raw_path=request.raw_path,
+                headers={k.lower(): v for k, v in request.headers.items()},
+            )
+        )
+        # Route on the raw path: a real server behind a prefix sees only what is under it.
+        raw = request.raw_path.split("?", 1)[0]
+        path = raw[len(self.prefix) :] if raw.startswith(self.prefix + "/") else None
+        if request.method == "POST" and path == "/v1/messages":
             return await self._messages(request)
-        if request.method == "POST" and request.path == "/v1/messages/count_tokens":
+        if request.method == "POST" and path == "/v1/messages/count_tokens":
             return await self._count_tokens(request)
         return self._error(404, "not_found_error", f"Not found: {request.method} {request.path}")
 
@@ -321,6 +374,11 @@ class FakeAnthropic:
         reply = self._reply_for(body)
         if isinstance(reply, HttpError):
             return self._error(reply.status, reply.error_type, reply.message)
+        if isinstance(reply, Redirect):
+            return web.Response(
+                status=reply.status,
+                headers={"Location": reply.location, "request-id": _hex_id("req_")},
+            )
         delay = reply.delay_s if isinstance(reply, Slow) else 0.0
         content = reply.reply if isinstance(reply, Slow) else reply
 

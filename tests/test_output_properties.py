@@ -3,7 +3,7 @@
 Generated agent output (stream-json and custom-agent lines, valid and broken
 JSON, random types in the fields we read, random Unicode with lone
 surrogates and NUL, invalid bytes, long lines) goes through the real chain:
-Docker's frame format into the real line assembler (`_Frames`, `_Lines`), the
+Docker's frame format into the real line assembler (`Frames`, `Lines`), the
 real parsers, the real `TaskLog`, the real outcome rules, the real SQLite
 store, and the real HTTP handlers (`make_app` around a real `TaskService`,
 served in-process on loopback). Docker itself is not needed for this part:
@@ -29,7 +29,8 @@ from pydantic import SecretStr
 
 from cbox.api.app import make_app
 from cbox.models import Task, TaskSpec
-from cbox.orchestrator.docker import DockerBackend, ExitInfo, _Frames, _Lines
+from cbox.orchestrator.docker import DockerBackend, ExitInfo
+from cbox.orchestrator.logstream import Frames, Lines
 from cbox.orchestrator.outcome import Ending, apply_result, decide
 from cbox.orchestrator.service import TaskService
 from cbox.orchestrator.store import SqliteStore
@@ -175,7 +176,7 @@ async def run_case(service: TaskService, client: TestClient[Any, Any], case: Cas
     )
     data = b"\n".join(case.lines) + (b"\n" if case.trailing_newline else b"")
     stream = docker_stream(data, case.frame_size)
-    frames, lines = _Frames(), _Lines(LINE_BYTES)
+    frames, lines = Frames(), Lines(LINE_BYTES)
     out: list[str] = []
     for i in range(0, len(stream), case.chunk_size):
         out += lines.feed(frames.feed(stream[i : i + case.chunk_size])[0])

@@ -9,12 +9,14 @@
     ├── WebhookNotFound        (also LookupError)  unknown webhook subscription (HTTP 404)
     ├── SessionBroken          a session's volume is gone or corrupt (the task fails)
     ├── Conflict               an action the task's state does not allow (HTTP 409)
+    ├── FirewallUnavailable    the host firewall a task's network needs is not there (503)
     ├── DockerError            the engine refused or is unreachable
     │   └── ImageNotFound      the sandbox image is missing: build it first
     ├── ImageBuildError        `cbox image build` failed, with the engine's message
     ├── ClientError            the CLI could not talk to a server
     │   └── ServerUnreachable
-    └── LinearError            Linear's API refused a request or could not be reached
+    ├── LinearError            Linear's API refused a request or could not be reached
+    └── GitHubError            GitHub's API refused a request, or a push failed
 
 Foreign exceptions (aiodocker, aiohttp, sqlite) are translated once, in the
 module that talks to them, with `raise ... from exc`. The HTTP layer maps this
@@ -68,6 +70,10 @@ class Conflict(CboxError):
     """The task is in a state where this action makes no sense."""
 
 
+class FirewallUnavailable(CboxError):
+    """The host firewall rules a box relies on cannot be installed: refuse, never run open."""
+
+
 class DockerError(CboxError):
     """The Docker engine refused a request or could not be reached."""
 
@@ -98,3 +104,15 @@ class LinearError(CboxError):
     Bad configuration found at start (key, team, label) is a `ConfigError`
     instead, so the worker can say it in one line and exit.
     """
+
+
+class GitHubError(CboxError):
+    """GitHub's API refused a request or could not be reached, or a push failed.
+
+    Bad configuration found at start (token, App key, repository, label) is a
+    `ConfigError` instead, as for Linear.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status

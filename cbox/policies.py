@@ -11,13 +11,14 @@ file, the field and the reason (`ConfigError`).
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from cbox.egress_rules import check_host_entry, check_port_entry
 from cbox.errors import ConfigError, InvalidRequest, PolicyViolation
 from cbox.models import MountMode, TaskSpec
 from cbox.orchestrator.apirules import DEFAULT_BETAS
@@ -46,7 +47,15 @@ class Policy(BaseModel):
     )
     allow_hosts: list[str] = Field(
         default_factory=list,
-        description="For network = 'allowlist': host names (or *.suffix) that may be reached.",
+        description="For network = 'allowlist': host names, *.suffix wildcards, IP addresses "
+        "or CIDRs that may be reached. A name is resolved by the proxy and refused if any of "
+        "its addresses is loopback, private, link-local, multicast or the host's own, unless "
+        "that address (or a CIDR holding it) is listed too.",
+    )
+    allow_ports: list[int | str] = Field(
+        default_factory=lambda: list[int | str]([443]),
+        description="For network = 'allowlist': ports (or 'low-high' ranges) the proxy may "
+        "connect to; default 443 only. List 80 explicitly for plain-HTTP-over-CONNECT.",
     )
     max_cost_usd: float | None = Field(
         None, gt=0, description="Budget: stop the task once the gateway counts more than this."
@@ -82,6 +91,65 @@ class Policy(BaseModel):
         default_factory=list, description="For agent = 'command': argv run in the box."
     )
 
+    @field_validator("allow_hosts")
+    @classmethod
+    def _hosts(cls, hosts: list[str]) -> list[str]:
+        return [check_host_entry(h) for h in hosts]
+
+    @field_validator("allow_ports")
+    @classmethod
+    def _ports(cls, ports: list[int | str]) -> list[int | str]:
+        for port in ports:
+            check_port_entry(port)
+        return ports
+
+
+#: Variables that hold a credential of the host (or of claude-box itself): never
+#: passed into a box, whatever a policy says. Anything named CBOX_* is refused too.
+CREDENTIAL_NAMES = frozenset(
+    {
+        "ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN",
+        "LINEAR_API_KEY", "GITHUB_TOKEN", "GH_TOKEN", "GITHUB_PAT",
+        "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+        "AZURE_CLIENT_SECRET", "OPENAI_API_KEY", "DOCKER_AUTH_CONFIG", "NPM_TOKEN",
+        "PYPI_TOKEN",
+    }
+)
+#: Variables that are a way to a credential rather than one (sockets, helpers, files).
+ACCESS_NAMES = frozenset(
+    {"DOCKER_HOST", "SSH_AUTH_SOCK", "GIT_ASKPASS", "GOOGLE_APPLICATION_CREDENTIALS"}
+)
+#: A credential shorter than this is only matched whole, not as a substring.
+MIN_SECRET_CHARS = 8
+
+
+def passthrough_problem(
+    name: str, environ: Mapping[str, str] | None, secrets: Sequence[str]
+) -> str | None:
+    """Why passing host variable `name` into a box would leak a credential, or None."""
+    upper = name.upper()
+    if upper in CREDENTIAL_NAMES or upper in ACCESS_NAMES or upper.startswith("CBOX_"):
+        return f"{name} is a credential variable and never enters a box"
+    if environ is None or name not in environ:
+        return None
+    value = environ[name]
+    for secret in secrets:
+        if secret and (
+            value == secret or (len(secret) >= MIN_SECRET_CHARS and secret in value)
+        ):
+            return f"the value of {name} holds one of the server's credentials"
+    return None
+
+
+def check_passthrough(
+    policy: Policy, where: str, environ: Mapping[str, str] | None, secrets: Sequence[str]
+) -> None:
+    """Refuse a policy whose `env_passthrough` would carry a credential into its boxes."""
+    for name in policy.env_passthrough:
+        problem = passthrough_problem(name, environ, secrets)
+        if problem is not None:
+            raise ConfigError(f"policy file {where}: field env_passthrough: {problem}")
+
 
 class EffectiveLimits(BaseModel):
     """A policy with one request's tightenings applied: what the runner uses."""
@@ -103,7 +171,12 @@ class EffectiveLimits(BaseModel):
     gateway_betas: tuple[str, ...] = DEFAULT_BETAS
 
 
-def _load_file(path: Path, text: str) -> Policy:
+def _load_file(
+    path: Path,
+    text: str,
+    environ: Mapping[str, str] | None = None,
+    secrets: Sequence[str] = (),
+) -> Policy:
     try:
         raw: dict[str, Any] = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -121,6 +194,7 @@ def _load_file(path: Path, text: str) -> Policy:
         raise ConfigError(
             f"policy file {path}: field allow_hosts: required when network = 'allowlist'"
         )
+    check_passthrough(policy, str(path), environ, secrets)
     return policy
 
 
@@ -143,8 +217,19 @@ class PolicySet:
         }
 
     @classmethod
-    def load(cls, directory: Path | None) -> PolicySet:
-        found = {p.name: p for p in (_load_file(path, text) for path, text in _builtin_files())}
+    def load(
+        cls,
+        directory: Path | None,
+        *,
+        environ: Mapping[str, str] | None = None,
+        secrets: Sequence[str] = (),
+    ) -> PolicySet:
+        """Every policy; `environ` and `secrets` (the server's credentials) let
+        `env_passthrough` be checked against what the variables hold."""
+        found = {
+            p.name: p
+            for p in (_load_file(path, text, environ, secrets) for path, text in _builtin_files())
+        }
         if directory is not None:
             if not directory.is_dir():
                 raise ConfigError(f"policies directory {directory} does not exist")
@@ -153,7 +238,7 @@ class PolicySet:
                     text = path.read_text(encoding="utf-8")
                 except OSError as exc:
                     raise ConfigError(f"policy file {path}: {exc}") from exc
-                found[path.stem] = _load_file(path, text)
+                found[path.stem] = _load_file(path, text, environ, secrets)
         return cls(found.values())
 
     def names(self) -> list[str]:

@@ -7,6 +7,7 @@ prefix. Nothing else in claude-box reads `os.environ`.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -77,6 +78,13 @@ class Settings(BaseSettings):
         description="CBOX_DATA_DIR: where per-task working copies of isolated tasks live "
         "(`<data_dir>/isolated/<task id>`); default: the directory holding CBOX_DB_PATH.",
     )
+    git_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        description="CBOX_GIT_TIMEOUT_S: deadline of each git helper container of an "
+        "isolated task (copy, commit, fetch back); a repository that makes git hang fails "
+        "the step after this long.",
+    )
     max_concurrent: int = Field(2, ge=1, le=256, description="CBOX_MAX_CONCURRENT: running cap.")
     policies_dir: Path | None = Field(
         None, description="CBOX_POLICIES_DIR: directory of extra or overriding policy files."
@@ -102,7 +110,20 @@ class Settings(BaseSettings):
     host_firewall: Literal["auto", "on", "off"] = Field(
         "auto",
         description="CBOX_HOST_FIREWALL: confine task networks to the gateway's ports on the "
-        "host with iptables (auto: when root and iptables are there; on: required; off).",
+        "host with iptables. auto: used when root and iptables are there, and without it "
+        "gateway/allowlist tasks are refused (503); on: required to start; off: not used, "
+        "host services on all interfaces are reachable from boxes (a loud warning).",
+    )
+    egress_dns: str | None = Field(
+        None,
+        description="CBOX_EGRESS_DNS: `address[:port]` of the DNS server the allowlist proxy "
+        "resolves names with (e.g. a filtering resolver); default: this host's resolver.",
+    )
+    egress_idle_s: float = Field(
+        300.0,
+        gt=0,
+        description="CBOX_EGRESS_IDLE_S: an allowlist tunnel with no traffic either way "
+        "for this long is closed.",
     )
     api_token_file: Path = Field(
         default_factory=lambda: Path.home() / ".config" / "cbox" / "api-token",
@@ -220,6 +241,25 @@ class Settings(BaseSettings):
         if isinstance(value, list):
             return [allowed_host_name(str(part)) for part in value]
         return value
+
+    def credentials(self) -> list[str]:
+        """The real credentials this server holds, for the env_passthrough check."""
+        found = [
+            s.get_secret_value()
+            for s in (
+                self.anthropic_api_key, self.claude_code_oauth_token, self.api_token,
+                self.webhook_secret, self.webhook_previous_secret,
+            )
+            if s is not None
+        ]
+        from cbox.policies import CREDENTIAL_NAMES
+
+        found += [os.environ[n] for n in sorted(CREDENTIAL_NAMES) if os.environ.get(n)]
+        return found
+
+    def host_env(self) -> dict[str, str]:
+        """The host environment, for policies' `env_passthrough` (read here only)."""
+        return dict(os.environ)
 
     @property
     def work_dir(self) -> Path:

@@ -52,7 +52,7 @@ def project_copy(tmp_path: Path) -> Path:
             (dest / name).symlink_to(os.readlink(source))
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
-         "--wheel-dir", str(dest / ".wheelhouse"), f"{dest}[linear]"],
+         "--wheel-dir", str(dest / ".wheelhouse"), f"{dest}[linear,github]"],
         check=True, capture_output=True,
     )
     return dest
@@ -135,3 +135,15 @@ async def test_stack_runs_a_task(
         capture_output=True, text=True, check=False,
     )
     assert "CBOX_API_TOKEN" in config.stderr, config.stderr
+    config = subprocess.run(
+        ["docker", "compose", "--profile", "with-github", "config", "--quiet"],
+        cwd=project, env={**env, "GITHUB_TOKEN": "ghp_x", "GITHUB_REPOS": "acme/rocket"},
+        capture_output=True, text=True, check=False,
+    )
+    assert config.returncode == 0, config.stderr
+    image = subprocess.run(
+        ["docker", "compose", "run", "--rm", "--no-deps", "--entrypoint", "sh", "claude-box",
+         "-c", "git --version && python3 -c 'import githubkit'"],
+        cwd=project, env=env, capture_output=True, text=True, check=False,
+    )
+    assert image.returncode == 0, image.stderr  # the GitHub worker's needs are in the image

@@ -35,7 +35,7 @@ POLICIES = {
     "hog": 'agent = "command"\ncommand = ["bash", "/workspace/attack.sh"]\nmemory_mb = 128\n',
     "idle": 'agent = "command"\nworkspace = "ro"\ncommand = ["sh", "-c", "sleep 30"]\n',
     "allow": 'agent = "command"\ncommand = ["bash", "/workspace/attack.sh"]\n'
-    'network = "allowlist"\nallow_hosts = ["127.0.0.1"]\n',
+    'network = "allowlist"\nallow_hosts = ["127.0.0.1"]\nallow_ports = ["1024-65535"]\n',
 }
 
 # The key is assembled at run time so the script file itself never contains it.

@@ -344,6 +344,13 @@ def spec(task_spec: type[TaskSpec] = TaskSpec) -> dict[str, Any]:
                 parameters=[_TASK_ID, params.RAW_AFTER.openapi(), params.RAW_LIMIT.openapi()],
                 errors=(404,),
             )},
+            "/tasks/{task_id}/bundle": {"get": _operation(
+                "getTaskBundle", "An isolated task's branch `cbox/<task id>` as a git bundle",
+                {"200": {"description": "The bundle file (`git bundle create`)",
+                         "content": {"application/x-git-bundle": {
+                             "schema": {"type": "string", "format": "binary"}}}}},
+                parameters=[_TASK_ID], errors=(404, 409),
+            )},
             "/sessions": {"get": _operation(
                 "getSessions", "Sessions, newest first",
                 {"200": _json({"type": "object", "required": ["sessions"], "properties": {

@@ -7,7 +7,10 @@ and the REST API for many tasks (`/tasks...`).
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import shutil
 from typing import Any
 
 from aiohttp import web
@@ -179,6 +182,26 @@ async def get_task_raw(request: web.Request) -> web.Response:
     return web.Response(
         text="".join(line + "\n" for line in lines), content_type="application/x-ndjson"
     )
+
+
+@routes.get("/tasks/{task_id}/bundle")
+async def get_task_bundle(request: web.Request) -> web.StreamResponse:
+    """An isolated task's branch `cbox/<task>` as a git bundle (404 for other tasks)."""
+    path = await _service(request).bundle(request.match_info["task_id"])
+    try:
+        response = web.StreamResponse(
+            headers={"Content-Type": "application/x-git-bundle",
+                     "Content-Length": str(path.lstat().st_size)}
+        )
+        await response.prepare(request)
+        # O_NOFOLLOW: the helper wrote that directory; never follow a link out of it.
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as file:
+            while chunk := await asyncio.to_thread(file.read, 1 << 20):
+                await response.write(chunk)
+        await response.write_eof()
+        return response
+    finally:
+        await asyncio.to_thread(shutil.rmtree, path.parent, True)
 
 
 @routes.get("/sessions")

@@ -422,7 +422,13 @@ class LazyGroup(click.Group):
         return command
 
 
-@cli.group(cls=LazyGroup, lazy={"linear": "cbox.integrations.linear_cli:linear"})
+@cli.group(
+    cls=LazyGroup,
+    lazy={
+        "linear": "cbox.integrations.linear_cli:linear",
+        "github": "cbox.integrations.github_cli:github",
+    },
+)
 def worker() -> None:
     """Workers that feed an issue tracker's backlog to the orchestrator."""
 

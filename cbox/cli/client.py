@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -60,6 +61,26 @@ class Client:
                 f"no claude-box server at {self.server} ({exc.__class__.__name__}); "
                 "start one with `cbox serve` or pass --server"
             ) from exc
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise ClientError(f"request to {url} failed: {exc}") from exc
+
+    async def download(self, path: str, dest: Path, *, max_bytes: int) -> None:
+        """Save a binary answer (a task's git bundle) to `dest`, refusing more than max_bytes."""
+        url = self.server + path
+        try:
+            async with self._session.get(url) as resp:
+                if resp.status >= 400:
+                    raise ClientError(error_message(resp.status, await resp.text()),
+                                      status=resp.status)
+                size = 0
+                with dest.open("wb") as file:
+                    async for chunk in resp.content.iter_chunked(1 << 20):
+                        size += len(chunk)
+                        if size > max_bytes:
+                            raise ClientError(f"{url} sent more than {max_bytes} bytes")
+                        file.write(chunk)
+        except aiohttp.ClientConnectionError as exc:
+            raise ServerUnreachable(f"no claude-box server at {self.server} ({exc})") from exc
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise ClientError(f"request to {url} failed: {exc}") from exc
 

@@ -7,11 +7,17 @@ from collections.abc import Awaitable, Callable
 
 from cbox.cli import render
 from cbox.cli.client import Client
-from cbox.errors import CboxError
+from cbox.errors import CboxError, ImageNotFound
+from cbox.orchestrator.container import NON_FORWARDING_DNS
+from cbox.orchestrator.dnsprobe import ADVISORY, FIXED_IN, engine_affected, probe
 from cbox.orchestrator.docker import DockerBackend
 from cbox.settings import Settings
 
 Check = Callable[[], Awaitable[str]]
+
+
+class Caveat(CboxError):
+    """A finding worth reading that does not make the check fail (shown as `!`)."""
 
 
 async def run_checks(settings: Settings, server: str) -> int:
@@ -39,6 +45,41 @@ async def run_checks(settings: Settings, server: str) -> int:
             raise CboxError(f"{path} is not a readable directory: set WORKSPACE_DIR")
         return str(path)
 
+    async def dns() -> str:
+        version = str((await docker.ping()).get("ServerVersion", "?"))
+        affected = engine_affected(version)
+        result = None
+        how = "by version only (the probe needs root)"
+        if os.geteuid() == 0:
+            try:
+                result = await probe(docker, settings.image)
+            except ImageNotFound:
+                how = "by version only (no sandbox image to probe with)"
+        if result is not None:
+            plural = "query" if result.queries == 1 else "queries"
+            how = (
+                f"probe: {result.queries} {plural} from an internal network reached a "
+                "listener on this host" if result.leaked
+                else "probe: no query left an internal network"
+            )
+        leaks = result.leaked if result is not None else bool(affected)
+        if not leaks:
+            patched = "; its version is in the advisory's range, so a patched build" if (
+                affected and result is not None) else ""
+            return f"Docker {version} does not forward DNS from internal networks ({how}{patched})"
+        finding = (
+            f"Docker {version} forwards DNS queries from internal networks, a way to "
+            f"exfiltrate data ({ADVISORY}; fixed in {FIXED_IN}); {how}."
+        )
+        if result is not None and not result.mitigated:
+            raise CboxError(f"{finding} NOT mitigated: a box-like container got an answer")
+        checked = "checked: no answer" if result is not None else "not probed"
+        raise Caveat(
+            f"{finding} Mitigated for claude-box boxes: they resolve through "
+            f"{NON_FORWARDING_DNS}, which is never routed ({checked}); other containers on "
+            "internal networks of this engine still leak"
+        )
+
     async def reachable() -> str:
         async with Client(server) as client:
             await client.request("GET", "/healthz")
@@ -49,6 +90,7 @@ async def run_checks(settings: Settings, server: str) -> int:
         "image": "run `cbox image build`",
         "credential": "export ANTHROPIC_API_KEY=... before `cbox serve`",
         "workspace": "export WORKSPACE_DIR=/path/to/your/repo",
+        "dns": f"upgrade Docker Engine to {FIXED_IN} or later",
         "server": "start it with `cbox serve`, or pass --server / CBOX_SERVER",
     }
     checks: list[tuple[str, Check]] = [
@@ -56,6 +98,7 @@ async def run_checks(settings: Settings, server: str) -> int:
         ("image", image),
         ("credential", credential),
         ("workspace", workspace),
+        ("dns", dns),
         ("server", reachable),
     ]
     failed = 0
@@ -63,6 +106,9 @@ async def run_checks(settings: Settings, server: str) -> int:
         for name, check in checks:
             try:
                 detail = await check()
+            except Caveat as exc:
+                out.print(f"[yellow]![/yellow] {name}: {exc}", highlight=False)
+                out.print(f"    fix: {fixes[name]}", markup=False)
             except CboxError as exc:
                 failed += 1
                 out.print(f"[red]✗[/red] {name}: {exc}", highlight=False)

@@ -109,6 +109,15 @@ class Gateway:
     proxy_url: str | None = None
 
 
+#: The upstream DNS server of boxes on internal networks: an address that is
+#: never routed (TEST-NET-1, RFC 5737). Docker engines before 23.0.11 / 25.0.5 /
+#: 26.0.0 (CVE-2024-29018, GHSA-mq39-4gv4-mvpx) let the embedded resolver of an
+#: internal network forward queries upstream — a way to exfiltrate data in DNS
+#: names. With a custom upstream the resolver forwards from the box's own
+#: namespace, which has no route to it, so every outside name fails at once.
+#: Fixed engines do not forward at all; the setting is harmless there.
+NON_FORWARDING_DNS = "192.0.2.53"
+
 #: What a warm container runs until its task arrives (see sandbox-image/cbox-await).
 AWAIT_COMMAND = ["/usr/local/bin/cbox-await"]
 
@@ -217,6 +226,13 @@ def container_config(
     }
     if warm:
         labels[LABEL_WARM] = "true"
+    # The box needs no name resolution: the gateway is an IP and the allowlist
+    # proxy resolves names itself.
+    dns: dict[str, list[str]] = (
+        {"Dns": [NON_FORWARDING_DNS], "DnsSearch": [], "DnsOptions": []}
+        if limits.policy.network != "open"
+        else {}
+    )
     return {
         "Image": image,
         "Cmd": AWAIT_COMMAND
@@ -250,6 +266,7 @@ def container_config(
                 "/cbox": f"rw,nosuid,nodev,noexec,size=16m,mode=0700,{ids}",
             },
             "NetworkMode": network,
+            **dns,
             "IpcMode": "private",
             "PidMode": "",
             "Privileged": False,

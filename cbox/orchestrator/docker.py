@@ -319,8 +319,11 @@ class DockerBackend:
     ) -> tuple[int, str]:
         """Run a short-lived container to its end; return its exit code and output.
 
-        Used for the few jobs the orchestrator must do inside a volume it
-        cannot reach from the host (a remote engine, or files of another uid).
+        Used for the jobs the orchestrator must not do on the host: inside a
+        volume it cannot reach (a remote engine, or files of another uid), and
+        every git command on a repository an agent could have written
+        (`cbox.orchestrator.gitbox`). The container is removed however it ends,
+        a timeout included.
         """
         try:
             container = await self.docker.containers.create(config=config, name=name)

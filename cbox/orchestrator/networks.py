@@ -14,8 +14,8 @@ from cbox.models import Task
 from cbox.orchestrator.budget import Budget
 from cbox.orchestrator.container import Gateway
 from cbox.orchestrator.docker import LABEL_INSTANCE, LABEL_TASK, DockerBackend, bridge_name
-from cbox.orchestrator.egress import DenialHandler, EgressProxy
-from cbox.orchestrator.firewall import HostFirewall
+from cbox.orchestrator.egress import DenialHandler, EgressProxy, dns_resolver, system_resolver
+from cbox.orchestrator.firewall import CONFINED_NETWORKS, HostFirewall
 from cbox.orchestrator.gateway import Access, ApiGateway, BudgetHandler, RefusedHandler, new_token
 from cbox.policies import EffectiveLimits
 from cbox.settings import Settings
@@ -50,7 +50,11 @@ class TaskNetworks:
             on_refused=on_refused,
             on_denied=on_denied,
         )
-        self.egress = EgressProxy(on_denied=on_denied)
+        self.egress = EgressProxy(
+            on_denied=on_denied,
+            resolver=dns_resolver(settings.egress_dns) if settings.egress_dns else system_resolver,
+            idle_s=settings.egress_idle_s,
+        )
         self.firewall = HostFirewall(settings.host_firewall, settings.instance)
 
     @property
@@ -67,9 +71,15 @@ class TaskNetworks:
         await self.egress.close()
 
     async def open(self, task: Task, limits: EffectiveLimits) -> None:
-        """Give the task its network and doors; fills network, token and URLs on `task`."""
+        """Give the task its network and doors; fills network, token and URLs on `task`.
+
+        Also for an adopted task, whose box is running: its firewall rules were
+        kept across the restart, and are checked in place here. Raises
+        `FirewallUnavailable` when the box cannot be confined: the caller
+        must not run it.
+        """
         policy = limits.policy
-        fresh = task.gateway_url is None
+        self.firewall.check(policy.network)
         task.network = task.network or f"{self.settings.network}-{task.id}"
         ip = await self.docker.create_network(
             task.network,
@@ -84,10 +94,11 @@ class TaskNetworks:
         task.gateway_url = f"http://{ip}:{port}"
         if policy.network == "allowlist":
             proxy = await self.egress.open_for(
-                task.id, ip, policy.allow_hosts, port_of(task.proxy_url)
+                task.id, ip, policy.allow_hosts, policy.allow_ports, port_of(task.proxy_url)
             )
             task.proxy_url = f"http://{ip}:{proxy}"
-        await self.firewall.confine(bridge_name(task.id), _door_ports(task), fresh=fresh)
+        if self.firewall.enabled or policy.network in CONFINED_NETWORKS:
+            await self.firewall.confine(bridge_name(task.id), _door_ports(task))
 
     def gateway_for(self, task: Task) -> Gateway:
         """How the task's box reaches the model API; `open` must have filled the task."""
@@ -117,7 +128,11 @@ class TaskNetworks:
     async def release(self, task: Task) -> None:
         """Drop the task's firewall rules: only once its container is gone."""
         if task.network:
-            await self.firewall.release(bridge_name(task.id), _door_ports(task))
+            await self.firewall.release(bridge_name(task.id))
+
+    async def sweep(self, tasks: list[Task]) -> None:
+        """After recovery: drop firewall rules of bridges no task of ours has any more."""
+        await self.firewall.sweep({bridge_name(t.id) for t in tasks if t.network})
 
     async def remove(self, task: Task) -> None:
         if task.network:

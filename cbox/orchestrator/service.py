@@ -31,6 +31,7 @@ from cbox.models import (
     TaskState,
     new_task_id,
 )
+from cbox.orchestrator.bundle import Bundler
 from cbox.orchestrator.container import (
     Workspace,
     container_config,
@@ -59,7 +60,7 @@ from cbox.orchestrator.streamjson import (
 )
 from cbox.orchestrator.tasklog import TAIL_EVENTS, TaskLog
 from cbox.orchestrator.untrusted import clip
-from cbox.policies import EffectiveLimits, PolicySet
+from cbox.policies import EffectiveLimits, PolicySet, check_passthrough
 from cbox.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,13 @@ class TaskService:
         self._positions: dict[str, int] = {}
         self._runs: dict[str, _Run] = {}
         self.sessions = SessionManager(store, docker, settings.instance)
-        self.isolator = Isolator(settings.work_dir / "isolated", docker, settings.instance)
+        self.isolator = Isolator(
+            settings.work_dir / "isolated", docker, settings.instance, settings.git_timeout_s
+        )
+        self.bundler = Bundler(
+            settings.work_dir / "bundles", docker, settings.instance, settings.image,
+            settings.git_timeout_s,
+        )
         self._submit_lock = asyncio.Lock()
         self._flush_lock = asyncio.Lock()
         self._flusher: asyncio.Task[None] | None = None
@@ -142,6 +149,7 @@ class TaskService:
         await self.docker.ping()
         await self.networks.start()
         await self._recover()
+        await self.networks.sweep(list(self._tasks.values()))
         self._flusher = asyncio.create_task(self._flush_loop(), name="cbox-flusher")
         self._dispatch()
         self.pool.start()
@@ -236,6 +244,11 @@ class TaskService:
             if not await tlog.wait(seq, wait_s) and keepalive_s is not None:
                 yield None
 
+    async def bundle(self, task_id: str) -> Path:
+        """A git bundle of an isolated task's branch (`bundle.py`); the caller
+        removes the file's directory."""
+        return await self.bundler.create(await self.get(task_id))
+
     async def raw_lines(self, task_id: str, *, after: int = 0, limit: int = 10_000) -> list[str]:
         await self.get(task_id)
         await self._flush()
@@ -256,6 +269,7 @@ class TaskService:
                 if existing is not None and existing.id not in self._tasks:
                     return Submitted(await self.get(existing.id), created=False)
             limits = self.policies.resolve(spec)
+            self.networks.firewall.check(limits.policy.network)
             self.listener.check(spec)
             workspace = resolve_workspace(
                 spec.workspace,
@@ -263,7 +277,7 @@ class TaskService:
                 self.settings.allowed_workspace_roots,
             )
             if limits.isolated:
-                await check_repository(workspace.path, workspace.uid, workspace.gid)
+                await asyncio.to_thread(check_repository, workspace.path)
             if spec.session:
                 await self.sessions.ensure(spec.session)
             slot = self._claim_warm(spec, limits, workspace)
@@ -338,6 +352,7 @@ class TaskService:
             workspace = resolve_workspace(
                 None, self.settings.workspace_dir, self.settings.allowed_workspace_roots
             )
+            self.networks.firewall.check(limits.policy.network)
         except CboxError:
             return  # no usable default: shapes are learnt from the tasks that come
         if not limits.isolated:
@@ -426,7 +441,7 @@ class TaskService:
         if run.limits.isolated:
             task.isolation = await self.isolator.prepare(
                 task.id, workspace.path, workspace.uid, workspace.gid,
-                lambda line: _log(tlog, line),
+                lambda line: _log(tlog, line), image=image,
             )
             assert task.isolation.copy_path is not None
             workspace = Workspace(
@@ -481,7 +496,14 @@ class TaskService:
         try:
             await self.networks.open(task, run.limits)
         except (CboxError, OSError) as exc:
-            log.warning("re-opening the gateway of %s failed: %s", task.id, exc)
+            # Fail closed: a box that cannot be confined (or reached) again is stopped.
+            log.error("re-confining adopted task %s failed: %s; stopping it", task.id, exc)
+            task.outcome.error = f"could not re-confine the box after a restart: {exc}"
+            if task.container_id:
+                with contextlib.suppress(CboxError):
+                    await self.docker.stop(task.container_id, 0)
+            await self._finish(task, TaskState.FAILED)
+            return
         # Rebuild the parser's state from the lines already processed.
         after = 0
         while after < task.lines_consumed:
@@ -522,9 +544,14 @@ class TaskService:
             tlog.append("log", {"line": f"egress denied: {target} ({reason})"})
 
     def _passthrough(self, limits: EffectiveLimits) -> dict[str, str]:
-        import os  # the only environment read outside Settings: names the policy lists
-
-        return {n: os.environ[n] for n in limits.policy.env_passthrough if n in os.environ}
+        """The variables a policy passes in, checked again now: the environment or
+        the credentials may have changed since the policy was loaded."""
+        environ = self.settings.host_env()
+        check_passthrough(
+            limits.policy, f"of policy {limits.policy.name!r}", environ,
+            self.settings.credentials(),
+        )
+        return {n: environ[n] for n in limits.policy.env_passthrough if n in environ}
 
     async def _follow(self, run: _Run) -> None:
         task = run.task
@@ -863,7 +890,9 @@ async def running_service(settings: Settings) -> AsyncIterator[TaskService]:
     from cbox.orchestrator.store import SqliteStore
     from cbox.webhooks import Webhooks
 
-    policies = PolicySet.load(settings.policies_dir)
+    policies = PolicySet.load(
+        settings.policies_dir, environ=settings.host_env(), secrets=settings.credentials()
+    )
     hooks = await Webhooks.open(settings)
     service = TaskService(
         settings, SqliteStore(settings.db_path), DockerBackend(settings.docker_host), policies,

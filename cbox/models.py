@@ -178,20 +178,32 @@ class TaskSpec(BaseModel):
 
 
 class Outcome(BaseModel):
-    """What we learnt when the container ended (all optional: a kill leaves gaps)."""
+    """What we learnt when the container ended (all optional: a kill leaves gaps).
+
+    Most fields come from the agent, so they carry the same bounds as the
+    parser's check (`cbox.orchestrator.report`): a stored row that breaks them
+    is repaired on read (the field dropped and named in `dropped`).
+    """
 
     exit_code: int | None = None
     is_error: bool | None = None
     oom_killed: bool = False
-    cost_usd: float | None = None
+    cost_usd: float | None = Field(None, ge=0, le=1e6, allow_inf_nan=False)
     usage: dict[str, Any] | None = None
-    duration_ms: int | None = None
-    num_turns: int | None = None
-    claude_session_id: str | None = None
+    duration_ms: int | None = Field(None, ge=0, le=10**12)
+    num_turns: int | None = Field(None, ge=0, le=10**9)
+    claude_session_id: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+    )
     result: Any = None
     error: str | None = None
     gateway_usage: dict[str, Any] | None = Field(
         None, description="Tokens and estimated cost counted by the gateway from the traffic."
+    )
+    dropped: list[str] = Field(
+        default_factory=list,
+        description="Values the agent reported (or a stored row held) that failed "
+        "validation and were dropped, each as `field: reason`.",
     )
 
 

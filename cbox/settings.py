@@ -157,6 +157,32 @@ class Settings(BaseSettings):
         description="CBOX_WARM_POOL_IDLE_S: a (policy, workspace) unused this long loses "
         "its warm containers.",
     )
+    # What a task's agent may print (the box is untrusted; see orchestrator/untrusted.py).
+    max_line_bytes: int = Field(
+        1_048_576, ge=1024, le=64 * 1_048_576,
+        description="CBOX_MAX_LINE_BYTES: one stdout/stderr line of a task is cut past this "
+        "(the stored line ends with `…[line cut: N more bytes]`).",
+    )
+    max_event_bytes: int = Field(
+        65_536, ge=1024, le=16 * 1_048_576,
+        description="CBOX_MAX_EVENT_BYTES: one event's data (tool input, tool result, text, "
+        "result) is cut past this many characters.",
+    )
+    max_task_output_bytes: int = Field(
+        256 * 1_048_576, ge=65_536,
+        description="CBOX_MAX_TASK_OUTPUT_BYTES: what one task's output may take in the store "
+        "(event JSON plus raw lines). Past it nothing more is kept and the task ends `failed`.",
+    )
+    container_log_max_size_mb: int = Field(
+        64, ge=1, le=10_240,
+        description="CBOX_CONTAINER_LOG_MAX_SIZE_MB: Docker json-file log size per file of a "
+        "task container (`max-size`).",
+    )
+    container_log_max_files: int = Field(
+        4, ge=1, le=100,
+        description="CBOX_CONTAINER_LOG_MAX_FILES: json-file log files kept per task "
+        "container (`max-file`).",
+    )
     instance: str = Field(
         "default",
         description="CBOX_INSTANCE: name of this orchestrator; it only adopts or removes "

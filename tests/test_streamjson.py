@@ -23,7 +23,9 @@ from cbox.orchestrator.streamjson import (
 from tests.shared_dir import shared_path
 
 FIXTURES = ("text", "write_rw", "write_ro", "bash", "maxturns", "err500", "stop", "resume")
-KNOWN_TYPES = {"system", "assistant", "tool_use", "tool_result", "api_retry", "result", "output"}
+KNOWN_TYPES = {
+    "system", "assistant", "tool_use", "tool_result", "api_retry", "result", "output", "log"
+}
 
 
 def fixture_lines(name: str) -> list[str]:
@@ -94,7 +96,7 @@ def test_text_gives_assistant_text_and_result_with_cost() -> None:
     assert result["num_turns"] == 1
     assert result["total_cost_usd"] == pytest.approx(0.000184)
     assert parser.result is not None
-    assert parser.result["type"] == "result"
+    assert parser.result.num_turns == 1  # the validated report, not the raw line
     assert "Hello from the fake model." in outputs(events)[0]
     assert outputs(events)[-1] == "✓ completed in 0.3s, 1 turn, $0.0002"
 
@@ -136,7 +138,7 @@ def test_write_ro_tool_result_is_an_erofs_error_but_the_run_succeeds() -> None:
     assert tool_result["truncated"] is False
     assert any(line.startswith("✗ EROFS: read-only file system") for line in outputs(events))
     assert parser.result is not None
-    assert parser.result["is_error"] is False
+    assert parser.result.is_error is False
 
 
 def test_bash_summary_shows_the_command() -> None:

@@ -186,6 +186,8 @@ def container_config(
     stop_grace_s: float,
     session: SessionMount | None = None,
     warm: bool = False,
+    log_max_size_mb: int = 64,
+    log_max_files: int = 4,
 ) -> dict[str, Any]:
     """The Docker Engine API `ContainerCreate` body for one task.
 
@@ -268,6 +270,11 @@ def container_config(
             "IpcMode": "private",
             "PidMode": "",
             "Privileged": False,
-            "LogConfig": {"Type": "json-file", "Config": {}},
+            # The engine keeps what the box prints on the host's disk: bounded,
+            # so a box printing without end cannot fill it.
+            "LogConfig": {
+                "Type": "json-file",
+                "Config": {"max-size": f"{log_max_size_mb}m", "max-file": str(log_max_files)},
+            },
         },
     }

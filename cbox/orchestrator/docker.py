@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +19,7 @@ import aiohttp
 from aiodocker.types import SENTINEL
 
 from cbox.errors import DockerError, ImageNotFound
+from cbox.orchestrator.logstream import MAX_LINE_BYTES, Frames, Lines
 
 LABEL_MANAGED = "dev.cbox.managed"
 LABEL_TASK = "dev.cbox.task-id"
@@ -179,7 +179,7 @@ class DockerBackend:
                 await stream.close()
 
     async def log_lines(
-        self, container_id: str, *, follow: bool = True
+        self, container_id: str, *, follow: bool = True, max_line_bytes: int = MAX_LINE_BYTES
     ) -> AsyncIterator[tuple[list[str], list[str]]]:
         """Yield the container's (stdout, stderr) lines from the start, one pair per read.
 
@@ -205,14 +205,14 @@ class DockerBackend:
         sixth of the orchestrator's CPU.
         """
         params = {"stdout": "1", "stderr": "1", "follow": "1" if follow else "0"}
-        out, err = _Lines(), _Lines()
+        out, err = Lines(max_line_bytes), Lines(max_line_bytes)
         try:
             async with self.docker._query(
                 f"containers/{container_id}/logs",
                 params=params,
                 timeout=self.docker._resolve_long_running_timeout(SENTINEL),
             ) as response:
-                frames = _Frames()
+                frames = Frames()
                 async for chunk in response.content.iter_any():
                     stdout, stderr = frames.feed(chunk)
                     lines = out.feed(stdout), err.feed(stderr)
@@ -341,59 +341,6 @@ class DockerBackend:
             with contextlib.suppress(*_ENGINE_ERRORS):
                 await container.delete(force=True, v=True)
         return int(result.get("StatusCode", -1)), "".join(output)
-
-
-class _Frames:
-    """Incremental parser of Docker's multiplexed log stream: (stdout, stderr) bytes out."""
-
-    def __init__(self) -> None:
-        self._buffer = b""
-
-    def feed(self, chunk: bytes) -> tuple[bytes, bytes]:
-        buffer = self._buffer + chunk if self._buffer else chunk
-        view = memoryview(buffer)
-        stdout: list[memoryview] = []
-        stderr: list[memoryview] = []
-        pos, end = 0, len(buffer)
-        header_at = _FRAME_HEADER.unpack_from
-        while end - pos >= 8:
-            stream, size = header_at(buffer, pos)
-            stop = pos + 8 + size
-            if stop > end:
-                break
-            (stderr if stream == 2 else stdout).append(view[pos + 8 : stop])
-            pos = stop
-        self._buffer = buffer[pos:]
-        return b"".join(stdout), b"".join(stderr)
-
-
-#: A frame header: stream (1 stdout, 2 stderr), 3 zero bytes, payload size (big endian).
-_FRAME_HEADER = struct.Struct(">B3xI")
-
-
-class _Lines:
-    """Cut one stream's payload bytes into lines; a trailing partial line waits for more."""
-
-    def __init__(self) -> None:
-        self.tail = b""
-
-    def feed(self, data: bytes) -> list[str]:
-        if not data:
-            return []
-        data = self.tail + data
-        cut = data.rfind(b"\n")
-        if cut < 0:
-            self.tail = data
-            return []
-        self.tail = data[cut + 1 :]
-        # One decode per read: a newline is never inside a UTF-8 sequence, so
-        # this equals decoding line by line.
-        return data[:cut].decode("utf-8", errors="replace").split("\n")
-
-    def rest(self) -> list[str]:
-        """The unterminated last line, once the stream is known to be complete."""
-        tail, self.tail = self.tail, b""
-        return [tail.decode("utf-8", errors="replace")] if tail else []
 
 
 def bridge_name(task_id: str) -> str:

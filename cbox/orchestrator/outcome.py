@@ -26,6 +26,8 @@ class Ending:
     timeout_s: float
     memory_mb: int
     refused: str | None = None
+    #: Why the task's output was cut off (`max_task_output_bytes`); ends it `failed`.
+    output_exceeded: str | None = None
 
 
 def apply_result(parser: StreamJsonParser | CommandParser, outcome: Outcome) -> None:
@@ -38,15 +40,16 @@ def apply_result(parser: StreamJsonParser | CommandParser, outcome: Outcome) -> 
     result = parser.result
     if result is None:
         return  # killed runs print no result line
-    outcome.is_error = bool(result.get("is_error"))
-    outcome.result = result.get("result")
-    outcome.cost_usd = result.get("total_cost_usd")
-    outcome.usage = result.get("usage")
-    outcome.num_turns = result.get("num_turns")
-    outcome.duration_ms = result.get("duration_ms")
-    errors = result.get("errors")
-    if outcome.is_error and not outcome.result and isinstance(errors, list) and errors:
-        outcome.error = "; ".join(str(e) for e in errors)[:500]
+    # Every value here was validated by `report.ResultReport` at the parser.
+    outcome.is_error = bool(result.is_error)
+    outcome.result = result.result
+    outcome.cost_usd = result.total_cost_usd
+    outcome.usage = result.usage
+    outcome.num_turns = result.num_turns
+    outcome.duration_ms = result.duration_ms
+    outcome.dropped = [f"result.{k}: {v}" for k, v in parser.dropped.items()]
+    if outcome.is_error and not outcome.result and result.errors:
+        outcome.error = "; ".join(result.errors)[:500]
 
 
 def decide(ending: Ending, info: ExitInfo | None, outcome: Outcome) -> TaskState:
@@ -60,6 +63,9 @@ def decide(ending: Ending, info: ExitInfo | None, outcome: Outcome) -> TaskState
     if ending.over_budget:
         outcome.error = ending.over_budget
         return TaskState.STOPPED
+    if ending.output_exceeded:
+        outcome.error = ending.output_exceeded
+        return TaskState.FAILED
     if ending.stop_requested:
         outcome.error = outcome.error or "stopped by request"
         return TaskState.STOPPED

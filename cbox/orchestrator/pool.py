@@ -244,6 +244,8 @@ class WarmPool:
                 passthrough_env=shape.passthrough_env,
                 stop_grace_s=self.settings.stop_grace_s,
                 warm=True,
+                log_max_size_mb=self.settings.container_log_max_size_mb,
+                log_max_files=self.settings.container_log_max_files,
             )
             holder.container_id = await self.docker.create(f"cbox-{holder.id}", config)
             await self.docker.start(holder.container_id)

@@ -24,6 +24,7 @@ from typing import Any
 from cbox.errors import CboxError, Conflict, DockerError, TaskNotFound
 from cbox.models import (
     Event,
+    Outcome,
     Session,
     Task,
     TaskSpec,
@@ -51,8 +52,14 @@ from cbox.orchestrator.pool import Shape, Slot, WarmPool
 from cbox.orchestrator.queue import TaskQueue
 from cbox.orchestrator.sessions import SessionManager, SessionMount
 from cbox.orchestrator.store import Store
-from cbox.orchestrator.streamjson import CommandParser, ParsedEvent, StreamJsonParser
+from cbox.orchestrator.streamjson import (
+    MAX_OUTPUT_LINE_CHARS,
+    CommandParser,
+    ParsedEvent,
+    StreamJsonParser,
+)
 from cbox.orchestrator.tasklog import TAIL_EVENTS, TaskLog
+from cbox.orchestrator.untrusted import clip
 from cbox.policies import EffectiveLimits, PolicySet, check_passthrough
 from cbox.settings import Settings
 
@@ -75,6 +82,7 @@ class _Run:
     timed_out: bool = False
     over_budget: str | None = None
     refused: str | None = None  # the model API refused the credential
+    output_exceeded: str | None = None
     handle: asyncio.Task[None] | None = None
 
 
@@ -283,7 +291,7 @@ class TaskService:
             if slot is not None:
                 slot.hand_to(task)
                 self._warm[task.id] = slot
-            tlog = TaskLog(task.id)
+            tlog = self._new_log(task.id)
             tlog.append("start", {"task_id": task.id, "prompt": spec.prompt})
             task.last_seq = tlog.last_seq
             await self.store.insert_task(task)
@@ -369,14 +377,22 @@ class TaskService:
             task.outcome.error = f"policy no longer valid: {exc}"
             self._background(self._finish(task, TaskState.FAILED))
             return
+        max_event = self.settings.max_event_bytes
         parser: StreamJsonParser | CommandParser = (
-            CommandParser() if limits.policy.agent == "command" else StreamJsonParser()
+            CommandParser(max_event) if limits.policy.agent == "command"
+            else StreamJsonParser(max_event)
         )
         run = _Run(task=task, limits=limits, parser=parser)
         self._runs[task.id] = run
         self._positions.pop(task.id, None)
         coro = self._adopt(run) if adopt else self._run(run)
         run.handle = asyncio.create_task(coro, name=f"cbox-run-{task.id}")
+
+    def _new_log(self, task_id: str, history: list[Event] | None = None) -> TaskLog:
+        return TaskLog(
+            task_id, history or (), budget_bytes=self.settings.max_task_output_bytes,
+            max_event_bytes=self.settings.max_event_bytes,
+        )
 
     def _background(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run a coroutine we do not await, keeping a reference until it ends."""
@@ -444,6 +460,8 @@ class TaskService:
             passthrough_env=self._passthrough(run.limits),
             stop_grace_s=self.settings.stop_grace_s,
             session=session,
+            log_max_size_mb=self.settings.container_log_max_size_mb,
+            log_max_files=self.settings.container_log_max_files,
         )
         task.container_id = await self.docker.create(f"cbox-{task.id}", config)
         task.state = TaskState.RUNNING
@@ -585,24 +603,46 @@ class TaskService:
         assert task.container_id is not None
         skip_out, skip_err = task.lines_consumed, task.stderr_consumed
         n_out = n_err = 0
-        async for out, err in self.docker.log_lines(task.container_id, follow=follow):
+        lines = self.docker.log_lines(
+            task.container_id, follow=follow, max_line_bytes=self.settings.max_line_bytes
+        )
+        async for out, err in lines:
             n_out += len(out)
             n_err += len(err)
             if n_err > skip_err and err:
                 err = err[max(0, len(err) - (n_err - skip_err)) :]
                 task.stderr_consumed += len(err)
-                for line in err:
-                    if line.strip():
-                        tlog.append("stderr", {"line": line})
+                tlog.agent_output([
+                    ParsedEvent("stderr", {"line": clip(line, MAX_OUTPUT_LINE_CHARS)})
+                    for line in err if line.strip()
+                ])
             if n_out > skip_out and out:
                 out = out[max(0, len(out) - (n_out - skip_out)) :]
+                first = task.lines_consumed
                 task.lines_consumed += len(out)
-                tlog.pending_raw += out
-                self._emit(tlog, run.parser.feed_many(out))
+                self._emit(tlog, run.parser.feed_many(out), out, first)
+            if tlog.over_budget and run.output_exceeded is None:
+                self._output_exceeded(run)
 
     @staticmethod
-    def _emit(tlog: TaskLog, parsed: list[ParsedEvent | str]) -> None:
-        tlog.extend(parsed)
+    def _emit(
+        tlog: TaskLog, parsed: list[ParsedEvent | str], raw: list[str], first_raw: int
+    ) -> None:
+        tlog.agent_output(parsed, raw, first_raw)
+
+    def _output_exceeded(self, run: _Run) -> None:
+        """End a task whose output went past its budget (see `max_task_output_bytes`).
+
+        It is ended, not left running unrecorded: what an agent does after
+        its log stops being kept could not be audited.
+        """
+        run.output_exceeded = (
+            f"output budget exceeded: more than {self.settings.max_task_output_bytes} bytes"
+        )
+        if run.task.container_id:
+            self._background(
+                self.docker.stop(run.task.container_id, self.settings.stop_grace_s)
+            )
 
     async def _complete(self, run: _Run, info: ExitInfo | None) -> None:
         task = run.task
@@ -612,6 +652,7 @@ class TaskService:
         ending = Ending(
             refused=run.refused,
             over_budget=run.over_budget,
+            output_exceeded=run.output_exceeded,
             stop_requested=run.stop_requested,
             timed_out=run.timed_out,
             timeout_s=run.limits.timeout_s,
@@ -666,18 +707,31 @@ class TaskService:
         self._runs.pop(task.id, None)
         self._positions.pop(task.id, None)
         self._queue.unlock(task)
-        await self._flush()
         try:
-            if task.container_id:
-                await self.docker.remove(task.container_id)
-            await self.networks.release(task)
-            await self.networks.remove(task)
-        except (DockerError, CboxError) as exc:
-            log.warning("could not clean up after %s: %s", task.id, exc)
-        self._tasks.pop(task.id, None)
-        self._logs.pop(task.id, None)
-        self._dispatch()
-        self.pool.kick()
+            await self._flush()
+        except Exception as exc:
+            # The end is recorded even so (and the container removed below):
+            # a task must never stay `running` because one write failed.
+            log.exception("storing the end of %s failed", task.id)
+            task.state = TaskState.FAILED
+            task.outcome = Outcome(
+                exit_code=outcome.exit_code,
+                error=clip(f"the task's end could not be stored: {exc}", 500),
+            )
+            with contextlib.suppress(Exception):
+                await self._flush()
+        finally:
+            try:
+                if task.container_id:
+                    await self.docker.remove(task.container_id)
+                await self.networks.release(task)
+                await self.networks.remove(task)
+            except (DockerError, CboxError) as exc:
+                log.warning("could not clean up after %s: %s", task.id, exc)
+            self._tasks.pop(task.id, None)
+            self._logs.pop(task.id, None)
+            self._dispatch()
+            self.pool.kick()
 
     async def _collect(self, task: Task, state: TaskState) -> None:
         """Bring an isolated task's work back as branch `cbox/<task id>`."""
@@ -732,9 +786,19 @@ class TaskService:
                 if task is None:
                     continue
                 task.last_seq = tlog.last_seq
+                first_raw = tlog.pending_raw_first
                 events, raw = tlog.take_pending()
                 outbox = self.listener.staged(task_id)
-                await self.store.append(task, events, raw, outbox)
+                try:
+                    await self.store.append(task, events, raw, outbox, first_raw=first_raw)
+                except BaseException:
+                    # Put the batch back: the next flush retries it (the
+                    # listener hands out its staged rows again by itself).
+                    tlog.pending[:0] = events
+                    if raw:
+                        tlog.pending_raw[:0] = raw
+                        tlog.pending_raw_first = first_raw
+                    raise
                 if outbox:
                     self.listener.committed(task_id, outbox)
                 if events:
@@ -757,8 +821,14 @@ class TaskService:
                 page = await self.store.list_tasks(states=[state], limit=500, offset=offset)
                 offset += len(page)
                 for task in page:
+                    if task.state.terminal:
+                        # Its row was invalid and repaired as failed (store.py):
+                        # store the repair; such a task is never run again.
+                        await self.store.update_task(task)
+                        offset -= 1  # it left this state's pages
+                        continue
                     events = await self._load_events(task.id)
-                    tlog = TaskLog(task.id, events)
+                    tlog = self._new_log(task.id, events)
                     self._tasks[task.id] = task
                     self._logs[task.id] = tlog
                     container = containers.pop(task.id, None)

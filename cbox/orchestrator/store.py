@@ -6,6 +6,10 @@ the whole `Task` as JSON plus the columns we filter or sort on; events and raw
 agent lines are separate tables keyed by (task, seq) so replay is an index
 range scan.
 
+Task rows go through `rows.dump_task` and `rows.load_task`: a row is written
+only in a form that reads back, and a row an older version wrote badly is
+repaired on read instead of failing every listing (see `rows.py`).
+
 `append` writes events, raw lines and the task's `lines_consumed`/`last_seq`
 in one transaction: after a crash the stored log and the count of consumed
 container log lines always agree, which is what lets re-adoption resume the
@@ -29,6 +33,7 @@ import aiosqlite
 from cbox.errors import ConfigError
 from cbox.models import Event, Session, Task, TaskState
 from cbox.orchestrator.migrations import OutboxRow, insert_outbox, migrate
+from cbox.orchestrator.rows import dump_task, load_task
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -65,6 +70,16 @@ CREATE TABLE IF NOT EXISTS raw_lines (
 """
 
 ACTIVE_STATES = (TaskState.QUEUED.value, TaskState.RUNNING.value)
+#: What `_load` needs: the row's own columns let a row whose JSON is garbage be repaired.
+_COLUMNS = "id, state, created_at, data"
+
+
+def _load(row: Sequence[object]) -> Task:
+    task_id, state, created_at, data = row
+    return load_task(
+        str(data), task_id=str(task_id), state=str(state),
+        created_at=float(created_at) if isinstance(created_at, int | float) else 0.0,
+    )
 
 
 class Store(Protocol):
@@ -82,7 +97,7 @@ class Store(Protocol):
     async def active_with_key(self, key: str) -> Task | None: ...
     async def append(
         self, task: Task, events: Sequence[Event], raw: Sequence[str],
-        outbox: Sequence[OutboxRow] = (),
+        outbox: Sequence[OutboxRow] = (), *, first_raw: int | None = None,
     ) -> None: ...
     async def events(self, task_id: str, *, after: int, limit: int) -> list[Event]: ...
     async def last_events(self, task_id: str, *, limit: int) -> list[Event]: ...
@@ -136,7 +151,7 @@ class SqliteStore:
             task.spec.priority,
             task.created_at,
             task.spec.idempotency_key,
-            task.model_dump_json(),
+            dump_task(task),
         )
 
     async def insert_task(self, task: Task) -> None:
@@ -154,13 +169,15 @@ class SqliteStore:
     async def _update(self, task: Task) -> None:
         await self.db.execute(
             "UPDATE tasks SET state = ?, data = ? WHERE id = ?",
-            (task.state.value, task.model_dump_json(), task.id),
+            (task.state.value, dump_task(task), task.id),
         )
 
     async def get_task(self, task_id: str) -> Task | None:
-        async with self.db.execute("SELECT data FROM tasks WHERE id = ?", (task_id,)) as cur:
+        async with self.db.execute(
+            f"SELECT {_COLUMNS} FROM tasks WHERE id = ?", (task_id,)
+        ) as cur:
             row = await cur.fetchone()
-        return None if row is None else Task.model_validate_json(row[0])
+        return None if row is None else _load(row)
 
     @staticmethod
     def _where(states: Sequence[TaskState] | None) -> tuple[str, list[str]]:
@@ -173,10 +190,11 @@ class SqliteStore:
         self, *, states: Sequence[TaskState] | None, limit: int, offset: int
     ) -> list[Task]:
         where, args = self._where(states)
-        sql = f"SELECT data FROM tasks {where} ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?"
+        sql = (f"SELECT {_COLUMNS} FROM tasks {where}"
+               " ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?")
         async with self.db.execute(sql, (*args, limit, offset)) as cur:
             rows = await cur.fetchall()
-        return [Task.model_validate_json(r[0]) for r in rows]
+        return [_load(r) for r in rows]
 
     async def count_tasks(self, *, states: Sequence[TaskState] | None) -> int:
         where, args = self._where(states)
@@ -186,37 +204,45 @@ class SqliteStore:
 
     async def active_with_key(self, key: str) -> Task | None:
         async with self.db.execute(
-            "SELECT data FROM tasks WHERE idempotency_key = ? AND state IN (?, ?)"
+            f"SELECT {_COLUMNS} FROM tasks WHERE idempotency_key = ? AND state IN (?, ?)"
             " ORDER BY created_at DESC LIMIT 1",
             (key, *ACTIVE_STATES),
         ) as cur:
             row = await cur.fetchone()
-        return None if row is None else Task.model_validate_json(row[0])
+        return None if row is None else _load(row)
 
     async def append(
         self, task: Task, events: Sequence[Event], raw: Sequence[str],
-        outbox: Sequence[OutboxRow] = (),
+        outbox: Sequence[OutboxRow] = (), *, first_raw: int | None = None,
     ) -> None:
+        """Store a batch; `raw` are the stdout lines numbered from `first_raw` + 1
+        (default: the batch ends at `task.lines_consumed`)."""
         # Snapshot everything before the first await: the caller keeps
         # mutating `task` while we write, and the row must match this batch.
-        first_raw = task.lines_consumed - len(raw)
-        state, data = task.state.value, task.model_dump_json()
+        if first_raw is None:
+            first_raw = task.lines_consumed - len(raw)
+        state, data = task.state.value, dump_task(task)
         rows = [(e.task_id, e.seq, e.type, e.ts, e.data_json) for e in events]
-        await self.db.executemany(
-            "INSERT INTO events (task_id, seq, type, ts, data) VALUES (?, ?, ?, ?, ?)",
-            rows,
-        )
-        if raw:
+        try:
             await self.db.executemany(
-                "INSERT INTO raw_lines (task_id, n, line) VALUES (?, ?, ?)",
-                zip(repeat(task.id), range(first_raw + 1, first_raw + len(raw) + 1), raw),
+                "INSERT INTO events (task_id, seq, type, ts, data) VALUES (?, ?, ?, ?, ?)",
+                rows,
             )
-        await self.db.execute(
-            "UPDATE tasks SET state = ?, data = ? WHERE id = ?", (state, data, task.id)
-        )
-        if outbox:
-            await insert_outbox(self.db, outbox)
-        await self.db.commit()
+            if raw:
+                await self.db.executemany(
+                    "INSERT INTO raw_lines (task_id, n, line) VALUES (?, ?, ?)",
+                    zip(repeat(task.id), range(first_raw + 1, first_raw + len(raw) + 1), raw),
+                )
+            await self.db.execute(
+                "UPDATE tasks SET state = ?, data = ? WHERE id = ?", (state, data, task.id)
+            )
+            if outbox:
+                await insert_outbox(self.db, outbox)
+            await self.db.commit()
+        except BaseException:
+            # Half a batch must not stay in the open transaction for the next one.
+            await self.db.rollback()
+            raise
 
     async def events(self, task_id: str, *, after: int, limit: int) -> list[Event]:
         async with self.db.execute(
@@ -285,10 +311,11 @@ class SqliteStore:
     async def session_tasks(self, name: str, *, limit: int) -> list[Task]:
         """A session's tasks, oldest first (the order of the conversation)."""
         async with self.db.execute(
-            "SELECT data FROM tasks WHERE json_extract(data, '$.spec.session') = ?"
+            f"SELECT {_COLUMNS} FROM tasks WHERE"
+            " CASE WHEN json_valid(data) THEN json_extract(data, '$.spec.session') END = ?"
             " ORDER BY created_at, id LIMIT ?",
             (name, limit),
         ) as cur:
             rows = await cur.fetchall()
-        return [Task.model_validate_json(r[0]) for r in rows]
+        return [_load(r) for r in rows]
 

@@ -4,7 +4,10 @@ Two dialects reach us: Claude Code's `--output-format stream-json --verbose`
 (`StreamJsonParser`) and the small protocol for custom agents (`CommandParser`).
 The lines come from a sandbox we do not trust to behave, so `feed` never
 raises: a garbled line must not end a task's event log. Anything we cannot read
-passes through as a plain `output` line or is dropped.
+passes through as a plain `output` line or is dropped. Every event's data is
+bounded here (`untrusted.bound_json`: clean text, finite numbers, at most
+`max_event_bytes`), and the fields that reach `Outcome` are validated by
+`report.ResultReport`; what fails is dropped with a `log` event saying why.
 
 Every typed event is followed by the `output` lines derived from it, so a
 client that only prints `output` still sees what the agent did. The shapes
@@ -19,14 +22,25 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from cbox.orchestrator.report import ResultReport, session_id_or_none, validate_report
+from cbox.orchestrator.summaries import (
+    one_line,
+    result_line,
+    retry_line,
+    summarize_tool_use,
+)
+from cbox.orchestrator.summaries import str_or_empty as _str
+from cbox.orchestrator.untrusted import bound_json, clean_text
+from cbox.orchestrator.untrusted import clip as _clip
+
 logger = logging.getLogger(__name__)
 
 #: A `cat` of a big file must not bloat the event log; the agent saw it all anyway.
 MAX_TOOL_RESULT_CHARS = 2000
 #: One `output` line is one stored row and one SSE frame; a runaway line is cut here.
 MAX_OUTPUT_LINE_CHARS = 8000
-#: Tool summaries and error lines are meant to fit one terminal line.
-SUMMARY_CHARS = 120
+#: Default cap of one event's data (tool input, result, text), in characters of JSON.
+MAX_EVENT_BYTES = 65_536
 #: Printed by `cbox-entry` when the agent left /cbox/result.json behind.
 RESULT_FILE_TYPE = "cbox.result_file"
 #: Event names a custom agent may send as `{"event": ..., "data": {...}}`.
@@ -54,45 +68,6 @@ class ParsedEvent:
     data: dict[str, Any]
 
 
-def summarize_tool_use(name: str, tool_input: dict[str, Any]) -> str:
-    """One human line for a tool call, e.g. `Bash: ls -la` or `Write a.txt (6 bytes)`.
-
-    Known tools get a hand-picked field (the path, the command); anything else,
-    including a known tool missing that field, shows its input as compact JSON.
-    """
-    args = tool_input if isinstance(tool_input, dict) else {}
-    text = _known_tool_summary(name, args)
-    if text is None:
-        shown = json.dumps(args, ensure_ascii=False, separators=(",", ":"), default=str)
-        text = f"{name} {shown}" if args else name
-    return _one_line(text, SUMMARY_CHARS)
-
-
-def _known_tool_summary(name: str, args: dict[str, Any]) -> str | None:
-    path = _str(args.get("file_path")) or _str(args.get("notebook_path"))
-    if name == "Write" and path:
-        content = args.get("content")
-        if isinstance(content, str):
-            return f"Write {path} ({len(content.encode('utf-8', 'replace'))} bytes)"
-        return f"Write {path}"
-    if name in ("Read", "Edit", "MultiEdit", "NotebookEdit") and path:
-        return f"{name} {path}"
-    if name == "Bash" and _str(args.get("command")):
-        return f"Bash: {_str(args.get('command'))}"
-    if name in ("Grep", "Glob") and _str(args.get("pattern")):
-        where = _str(args.get("path"))
-        return f"{name} '{_str(args.get('pattern'))}'" + (f" in {where}" if where else "")
-    if name == "WebFetch" and _str(args.get("url")):
-        return f"WebFetch {_str(args.get('url'))}"
-    if name == "WebSearch" and _str(args.get("query")):
-        return f"WebSearch '{_str(args.get('query'))}'"
-    if name in ("Task", "Agent") and _str(args.get("description")):
-        return f"{name}: {_str(args.get('description'))}"
-    if name == "TodoWrite" and isinstance(args.get("todos"), list):
-        return f"TodoWrite ({len(args['todos'])} items)"
-    return None
-
-
 class StreamJsonParser:
     """Stateful parser for Claude Code's stream-json; one per task.
 
@@ -103,10 +78,13 @@ class StreamJsonParser:
     /cbox/result.json, if `cbox-entry` reported one.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
         self.session_id: str | None = None
-        self.result: dict[str, Any] | None = None
+        self.result: ResultReport | None = None
+        #: Fields of the `result` line that failed validation, and why.
+        self.dropped: dict[str, str] = {}
         self.file_result: Any = None
+        self.max_event_bytes = max_event_bytes
 
     def feed_many(self, lines: Iterable[str]) -> list[ParsedEvent | str]:
         """Events for several stdout lines, in order (the batch form `TaskLog.extend` takes)."""
@@ -117,14 +95,14 @@ class StreamJsonParser:
 
     def feed(self, line: str) -> list[ParsedEvent]:
         """Events for one stdout line, typed event first, then its `output` lines."""
-        text = line.rstrip("\r\n")
+        text = clean_text(line.rstrip("\r\n"))
         if not text.strip():
             return []
         obj = _loads(text)
         if not isinstance(obj, dict):
-            return [_output(text)]
+            return _unreadable(text)
         try:
-            return self._dispatch(obj)
+            return _bounded(self._dispatch(obj), self.max_event_bytes)
         except Exception:
             # A parser bug must cost one line, never the task's event stream.
             logger.exception("could not parse a stream-json line; passing it through")
@@ -141,14 +119,16 @@ class StreamJsonParser:
         elif kind == "result":
             events = self._result(obj)
         elif kind == RESULT_FILE_TYPE:
-            self.file_result = obj.get("result")
+            self.file_result = bound_json(obj.get("result"), self.max_event_bytes)
             events = [ParsedEvent("result", {"result": self.file_result, "source": "file"})]
         else:
             return []  # stream_event, rate limits, future types: not ours to show
         # init and result are authoritative; any other line only fills a gap.
         authoritative = kind == "result" or obj.get("subtype") == "init"
-        if _str(obj.get("session_id")) and (authoritative or self.session_id is None):
-            self.session_id = obj["session_id"]
+        if authoritative or self.session_id is None:
+            session_id = session_id_or_none(obj.get("session_id"))
+            if session_id is not None:
+                self.session_id = session_id
         return events
 
     def _system(self, obj: dict[str, Any]) -> list[ParsedEvent]:
@@ -156,7 +136,7 @@ class StreamJsonParser:
         if subtype == "api_retry":
             keys = ("attempt", "max_retries", "retry_delay_ms", "error_status", "error")
             retry = {k: obj[k] for k in keys if k in obj}
-            return [ParsedEvent("api_retry", retry), _output(_retry_line(retry))]
+            return [ParsedEvent("api_retry", retry), _output(retry_line(retry))]
         if subtype == "init":
             tools = obj.get("tools")
             names = [t for t in tools if isinstance(t, str)] if isinstance(tools, list) else []
@@ -174,13 +154,23 @@ class StreamJsonParser:
         return [ParsedEvent("system", data)]
 
     def _result(self, obj: dict[str, Any]) -> list[ParsedEvent]:
-        self.result = obj
-        data = {k: obj.get(k) for k in _RESULT_KEYS}
-        data.update({k: obj[k] for k in ("api_error_status", "errors") if obj.get(k) is not None})
-        if not isinstance(data["is_error"], bool):
+        report, dropped = validate_report(obj, self.max_event_bytes)
+        if report.is_error is None:
             # Success is `is_error`, not `subtype` (err500 says "success"), unless it is missing.
-            data["is_error"] = _str(data["subtype"]).startswith("error")
-        return [ParsedEvent("result", data), _output(_result_line(data))]
+            report.is_error = _str(report.subtype).startswith("error")
+        self.result, self.dropped = report, dropped
+        data = report.model_dump(mode="json", include=set(_RESULT_KEYS))
+        data.update(
+            report.model_dump(mode="json", include={"api_error_status", "errors"},
+                              exclude_none=True)
+        )
+        if dropped:
+            data["dropped"] = dropped
+        events = [ParsedEvent("result", data), _output(result_line(data))]
+        if dropped:
+            why = "; ".join(f"{k} ({v})" for k, v in dropped.items())
+            events.append(ParsedEvent("log", {"line": f"dropped from the agent's result: {why}"}))
+        return events
 
 
 class CommandParser:
@@ -193,8 +183,9 @@ class CommandParser:
     the agent reported, by a `result` event or through /cbox/result.json.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
         self.result: Any = None
+        self.max_event_bytes = max_event_bytes
 
     def feed_many(self, lines: Iterable[str]) -> list[ParsedEvent | str]:
         """Events for several stdout lines; a plain `output` line comes as its text.
@@ -206,10 +197,10 @@ class CommandParser:
         """
         events: list[ParsedEvent | str] = []
         for line in lines:
-            text = line.rstrip("\r\n")
+            text = clean_text(line.rstrip("\r\n"))
             stripped = text.lstrip()
             if stripped.startswith("{"):
-                events += self.feed(line)
+                events += self.feed(text)
             elif stripped:
                 events.append(
                     text if len(text) <= MAX_OUTPUT_LINE_CHARS
@@ -219,23 +210,25 @@ class CommandParser:
 
     def feed(self, line: str) -> list[ParsedEvent]:
         """Events for one stdout line; blank lines yield nothing."""
-        text = line.rstrip("\r\n")
+        text = clean_text(line.rstrip("\r\n"))
         if not text.strip():
             return []
         obj = _loads(text) if text.lstrip().startswith("{") else _NOT_JSON
         if isinstance(obj, dict):
             try:
                 events = self._typed(obj)
+                if events is not None:
+                    events = _bounded(events, self.max_event_bytes)
             except Exception:
                 logger.exception("could not parse a custom agent event; passing it through")
                 events = None
             if events is not None:
                 return events
-        return [_output(text)]
+        return _unreadable(text) if obj is _NOT_JSON else [_output(text)]
 
     def _typed(self, obj: dict[str, Any]) -> list[ParsedEvent] | None:
         if obj.get("type") == RESULT_FILE_TYPE:
-            self.result = obj.get("result")
+            self.result = bound_json(obj.get("result"), self.max_event_bytes)
             return [ParsedEvent("result", {"result": self.result, "source": "file"})]
         name, data = obj.get("event"), obj.get("data")
         if name not in CUSTOM_EVENT_TYPES or not isinstance(data, dict):
@@ -264,8 +257,28 @@ class CommandParser:
                 events.append(_error_line(_tool_result_text(data.get("content"))))
             return events
         if name == "result":
-            self.result = data.get("result")
+            self.result = bound_json(data.get("result"), self.max_event_bytes)
         return [ParsedEvent(name, data)]
+
+
+def _unreadable(text: str) -> list[ParsedEvent]:
+    """A line that is not JSON; if it was the result file's, say it was lost.
+
+    `cbox-entry` prints the file as one line, so a file past the line cap
+    (`max_line_bytes`) arrives cut, and so unreadable.
+    """
+    if text.startswith(_RESULT_FILE_PREFIX):
+        note = f"the result file could not be read ({len(text)} characters, cut or not JSON)"
+        return [ParsedEvent("log", {"line": note}), _output(text)]
+    return [_output(text)]
+
+
+_RESULT_FILE_PREFIX = '{"type": "' + RESULT_FILE_TYPE + '"'
+
+
+def _bounded(events: list[ParsedEvent], max_chars: int) -> list[ParsedEvent]:
+    """Each event's data made storable and capped (see `untrusted.bound_json`)."""
+    return [ParsedEvent(e.type, bound_json(e.data, max_chars)) for e in events]
 
 
 def _assistant(obj: dict[str, Any]) -> list[ParsedEvent]:
@@ -333,38 +346,9 @@ def _tool_result_text(content: Any) -> str:
     )
 
 
-def _retry_line(retry: dict[str, Any]) -> str:
-    status = retry.get("error_status") or retry.get("error") or "?"
-    line = f"API error {status}, retry {retry.get('attempt', '?')}/{retry.get('max_retries', '?')}"
-    delay_ms = _number(retry.get("retry_delay_ms"))
-    return line if delay_ms is None else f"{line} in {delay_ms / 1000:.1f}s"
-
-
-def _result_line(data: dict[str, Any]) -> str:
-    if data["is_error"]:
-        errors = data.get("errors")
-        reason = _str(data.get("result")) or (
-            "; ".join(e for e in errors if isinstance(e, str)) if isinstance(errors, list) else ""
-        )
-        subtype = _str(data.get("subtype"))
-        label = subtype if subtype.startswith("error") else "error"
-        return f"✗ {label}: {_one_line(reason or 'no detail given', 200)}"
-    parts = ["completed"]
-    duration_ms = _number(data.get("duration_ms"))
-    if duration_ms is not None:
-        parts[0] += f" in {duration_ms / 1000:.1f}s"
-    turns = _number(data.get("num_turns"))
-    if turns is not None:
-        parts.append(f"{turns:g} turn" + ("" if turns == 1 else "s"))
-    cost = _number(data.get("total_cost_usd"))
-    if cost is not None:
-        parts.append(f"${cost:.4f}")
-    return "✓ " + ", ".join(parts)
-
-
 def _error_line(text: str) -> ParsedEvent:
     first = text.strip().splitlines()[0] if text.strip() else "tool error"
-    return _output("✗ " + _one_line(first, 200))
+    return _output("✗ " + one_line(first, 200))
 
 
 def _text_lines(text: Any) -> list[ParsedEvent]:
@@ -393,21 +377,3 @@ def _loads(text: str) -> Any:
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"non-standard JSON constant {name}")
-
-
-def _one_line(text: str, limit: int) -> str:
-    return _clip(" ⏎ ".join(text.splitlines()), limit)
-
-
-def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _str(value: Any) -> str:
-    return value if isinstance(value, str) else ""
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value)

@@ -27,25 +27,11 @@ from pydantic import ValidationError
 from cbox.cli.client import Client
 from cbox.cli.defaults import resolve_token
 from cbox.errors import CboxError, ConfigError
+from cbox.integrations.follow import EXIT_CONFIG, EXIT_UNREACHABLE, label_policy
 from cbox.integrations.github import GitHubWorker
 from cbox.integrations.github_api import DEFAULT_API_URL, GitHubApi
 from cbox.integrations.github_auth import AppTokens, StaticToken, TokenSource
 from cbox.integrations.github_config import WorkerConfig
-
-EXIT_CONFIG = 2
-EXIT_UNREACHABLE = 3
-
-
-def _label_policy(
-    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
-) -> dict[str, str]:
-    mapping = {"claude-readonly": "readonly"}
-    for value in values:
-        label, sep, policy = value.partition("=")
-        if not sep or not label or not policy:
-            raise click.BadParameter(f"expected LABEL=POLICY, got {value!r}")
-        mapping[label] = policy
-    return mapping
 
 
 @click.command("github", context_settings={"help_option_names": ["-h", "--help"]})
@@ -71,7 +57,7 @@ def _label_policy(
               envvar="CBOX_GITHUB_MAX_PARALLEL", help="Daemon: issues run at once.")
 @click.option("--policy", envvar="CBOX_GITHUB_POLICY",
               help="Policy for unmapped issues ('isolated' opens pull requests).")
-@click.option("--label-policy", "label_policies", multiple=True, callback=_label_policy,
+@click.option("--label-policy", "label_policies", multiple=True, callback=label_policy,
               metavar="LABEL=POLICY",
               help="Map an issue label to a policy (claude-readonly=readonly is built in).")
 @click.option("--public-url", envvar="CBOX_PUBLIC_URL",

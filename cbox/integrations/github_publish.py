@@ -14,7 +14,6 @@ Also the recovery pass for tasks whose worker died (see `github.py`).
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import shutil
 import tempfile
@@ -23,18 +22,17 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from cbox.cli.client import Client
-from cbox.errors import CboxError, ClientError, GitHubError, ServerUnreachable
+from cbox.cli.client import Client, SseEvent
+from cbox.errors import CboxError, ClientError, GitHubError
 from cbox.integrations import github_report as report
+from cbox.integrations.follow import TERMINAL, follow_task, lost_task
 from cbox.integrations.github_api import Comment, GitHubApi, Issue, Repo, RepoInfo
 from cbox.integrations.github_config import WorkerConfig
 from cbox.integrations.github_push import push_bundle
-from cbox.models import TERMINAL_STATES
 
 logger = logging.getLogger("cbox.worker.github")
 
 T = TypeVar("T")
-TERMINAL = frozenset(s.value for s in TERMINAL_STATES)
 MAX_BUNDLE_BYTES = 2 * 1024**3
 
 
@@ -58,41 +56,21 @@ class Publisher:
     async def _follow(
         self, task_id: str, issue: Issue, source: str, tracker: Comment
     ) -> tuple[dict[str, Any], list[str]]:
-        """Read the task's events until `done`, riding out orchestrator restarts; the
-        tracking comment says "running" once the task starts."""
-        tail: collections.deque[str] = collections.deque(maxlen=40)
-        last = 0
+        """Follow the task to its end; the tracking comment says "running" once it starts."""
         said_running = False
-        deadline = time.monotonic() + self.config.orchestrator_wait_s
-        delay_s = 0.5
-        while True:
-            try:
-                async for event in self.client.events(task_id, after=last):
-                    last = event.id if event.id is not None else last
-                    if event.type == "output":
-                        tail.append(str(event.data.get("line", "")))
-                    elif event.type == "running" and not said_running:
-                        said_running = True
-                        await self.github.update_comment(
-                            issue.repo, tracker.id,
-                            report.progress_body(task_id, source, "running",
-                                                 self.config.public_url),
-                        )
-                task = await self.client.get(task_id)
-                if task["state"] in TERMINAL:
-                    return task, list(tail)
-            except ServerUnreachable:
-                if time.monotonic() > deadline:
-                    raise
-            except ClientError as exc:
-                if exc.status == 404:
-                    return _lost(task_id), list(tail)
-                if (exc.status is not None and exc.status < 500) or time.monotonic() > deadline:
-                    raise
-            else:
-                deadline = time.monotonic() + self.config.orchestrator_wait_s
-            await asyncio.sleep(delay_s)
-            delay_s = min(10.0, delay_s * 2)
+
+        async def on_event(event: SseEvent) -> None:
+            nonlocal said_running
+            if event.type == "running" and not said_running:
+                said_running = True
+                await self.github.update_comment(
+                    issue.repo, tracker.id,
+                    report.progress_body(task_id, source, "running", self.config.public_url),
+                )
+
+        return await follow_task(
+            self.client, task_id, wait_s=self.config.orchestrator_wait_s, on_event=on_event
+        )
 
     # ----------------------------------------------------------------- report
 
@@ -187,7 +165,7 @@ class Publisher:
                 except ClientError as exc:
                     if exc.status != 404:
                         raise
-                    task = _lost(last.task_id)
+                    task = lost_task(last.task_id)
                 if task["state"] not in TERMINAL:
                     continue
                 meta = task.get("metadata") or {}
@@ -221,5 +199,3 @@ class Publisher:
             delay_s = min(15.0, delay_s * 2)
 
 
-def _lost(task_id: str) -> dict[str, Any]:
-    return {"id": task_id, "state": "failed", "error": "the orchestrator no longer knows this task"}

@@ -49,18 +49,18 @@ See docs/linear-worker.md for the operator's view.
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from cbox.cli.client import Client
-from cbox.errors import CboxError, ClientError, ConfigError, LinearError, ServerUnreachable
+from cbox.errors import CboxError, ClientError, ConfigError, LinearError
 from cbox.integrations import linear_report as report
+from cbox.integrations.follow import TERMINAL, follow_task
 from cbox.integrations.linear_api import INTAKE_STATE_TYPES, Comment, Issue, LinearApi
 from cbox.integrations.linear_config import Board, WorkerConfig, pick_states
-from cbox.models import MAX_PROMPT_CHARS, TERMINAL_STATES
+from cbox.models import MAX_PROMPT_CHARS
 
 logger = logging.getLogger("cbox.worker.linear")
 
@@ -68,7 +68,6 @@ T = TypeVar("T")
 
 #: How far back recovery looks for an issue's task (newest first, pages of 500).
 RECOVERY_TASK_SCAN = 2_000
-TERMINAL = frozenset(s.value for s in TERMINAL_STATES)
 
 
 class LinearWorker:
@@ -272,33 +271,7 @@ class LinearWorker:
             self._active.discard(issue.id)
 
     async def _follow(self, task_id: str) -> tuple[dict[str, Any], list[str]]:
-        """Read the task's events until `done` (from the start, so the output tail is
-        complete), riding out orchestrator restarts."""
-        tail: collections.deque[str] = collections.deque(maxlen=40)
-        last = 0
-        deadline = time.monotonic() + self.config.orchestrator_wait_s
-        delay_s = 0.5
-        while True:
-            try:
-                async for event in self.client.events(task_id, after=last):
-                    last = event.id if event.id is not None else last
-                    if event.type == "output":
-                        tail.append(str(event.data.get("line", "")))
-                task = await self.client.get(task_id)
-                if task["state"] in TERMINAL:
-                    return task, list(tail)
-            except ServerUnreachable:
-                if time.monotonic() > deadline:
-                    raise
-            except ClientError as exc:
-                if exc.status == 404:
-                    return _lost(task_id), list(tail)
-                if (exc.status is not None and exc.status < 500) or time.monotonic() > deadline:
-                    raise
-            else:
-                deadline = time.monotonic() + self.config.orchestrator_wait_s
-            await asyncio.sleep(delay_s)
-            delay_s = min(10.0, delay_s * 2)
+        return await follow_task(self.client, task_id, wait_s=self.config.orchestrator_wait_s)
 
     async def _report(self, issue: Issue, task: dict[str, Any], tail: list[str]) -> bool:
         """Post the result comment once, then move the issue if it is still ours."""
@@ -389,10 +362,6 @@ def _lister(client: Client, offset: int) -> Callable[[], Awaitable[Any]]:
         return await client.request("GET", "/tasks", params={"limit": 500, "offset": offset})
 
     return call
-
-
-def _lost(task_id: str) -> dict[str, Any]:
-    return {"id": task_id, "state": "failed", "error": "the orchestrator no longer knows this task"}
 
 
 def _one_line(exc: BaseException) -> str:

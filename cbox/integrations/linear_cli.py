@@ -24,25 +24,13 @@ from pydantic import ValidationError
 from cbox.cli.client import Client
 from cbox.cli.defaults import resolve_token
 from cbox.errors import CboxError, ConfigError
+from cbox.integrations.follow import EXIT_CONFIG, EXIT_UNREACHABLE, label_policy
 from cbox.integrations.linear import LinearWorker
 from cbox.integrations.linear_api import DEFAULT_API_URL, LinearApi
 from cbox.integrations.linear_config import WorkerConfig
 
-EXIT_CONFIG = 2
-EXIT_UNREACHABLE = 3
 PRIORITY_NAMES = {0: "No priority", 1: "Urgent", 2: "High", 3: "Medium", 4: "Low"}
 
-
-def _label_policy(
-    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
-) -> dict[str, str]:
-    mapping = {"claude-readonly": "readonly"}
-    for value in values:
-        label, sep, policy = value.partition("=")
-        if not sep or not label or not policy:
-            raise click.BadParameter(f"expected LABEL=POLICY, got {value!r}")
-        mapping[label] = policy
-    return mapping
 
 
 @click.command("linear", context_settings={"help_option_names": ["-h", "--help"]})
@@ -72,7 +60,7 @@ def _label_policy(
 )
 @click.option("--policy", envvar="CBOX_LINEAR_POLICY", help="Policy for unmapped issues.")
 @click.option(
-    "--label-policy", "label_policies", multiple=True, callback=_label_policy,
+    "--label-policy", "label_policies", multiple=True, callback=label_policy,
     metavar="LABEL=POLICY",
     help="Map an issue label to a policy (claude-readonly=readonly is built in).",
 )

@@ -29,6 +29,7 @@ import pytest
 from cbox.models import Task, TaskSpec
 from tests.conftest import WORKSPACE_GID, WORKSPACE_UID
 from tests.orch import Orchestrator
+from tests.strict_json import strict_loads
 
 pytestmark = [pytest.mark.docker]
 
@@ -125,32 +126,6 @@ open("/cbox/result.json", "w").write('[1, "\\ud800"]')
 open("/cbox/result.json", "w").write("[" * 500 + "]" * 500)
 ''',
 }
-
-
-def strict_loads(text: str) -> Any:
-    """JSON as any strict parser reads it: no NaN/Infinity, no lone surrogates, no NUL."""
-    def refuse(name: str) -> Any:
-        raise AssertionError(f"non-standard JSON constant {name}")
-
-    value = json.loads(text, parse_constant=refuse)
-    for piece in _strings(value):
-        piece.encode("utf-8")  # raises on a lone surrogate
-        assert "\x00" not in piece, "NUL in served text"
-    return value
-
-
-def _strings(value: Any) -> list[str]:
-    """Every string in a JSON value, keys too (without recursion: values may be deep)."""
-    found, stack = [], [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            found.append(item)
-        elif isinstance(item, dict):
-            stack += [*item.keys(), *item.values()]
-        elif isinstance(item, list):
-            stack += item
-    return found
 
 
 async def get(orch: Orchestrator, path: str) -> tuple[int, str]:

@@ -38,6 +38,7 @@ from cbox.orchestrator.streamjson import CommandParser, StreamJsonParser
 from cbox.orchestrator.tasklog import TaskLog
 from cbox.policies import PolicySet
 from cbox.settings import Settings
+from tests.strict_json import strict_loads
 
 #: Small caps, so generated lines and events cross them often.
 LINE_BYTES = 4096
@@ -126,31 +127,6 @@ def docker_stream(data: bytes, frame_size: int) -> bytes:
     return b"".join(struct.pack(">B3xI", 1, len(f)) + f for f in frames)
 
 
-def strict(text_: str) -> Any:
-    def refuse(name: str) -> Any:
-        raise AssertionError(f"non-standard JSON constant {name}")
-
-    value = json.loads(text_, parse_constant=refuse)
-    for piece in _strings(value):
-        piece.encode("utf-8")  # raises on a lone surrogate
-        assert "\x00" not in piece, "NUL in served text"
-    return value
-
-
-def _strings(value: Any) -> list[str]:
-    """Every string in a JSON value, keys too (without recursion: values may be deep)."""
-    found, stack = [], [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            found.append(item)
-        elif isinstance(item, dict):
-            stack += [*item.keys(), *item.values()]
-        elif isinstance(item, list):
-            stack += item
-    return found
-
-
 @asynccontextmanager
 async def served(tmp: Path) -> AsyncIterator[tuple[TaskService, TestClient[Any, Any]]]:
     config = Settings(db_path=tmp / "cbox.db", workspace_dir=tmp, warm_pool=0,
@@ -206,11 +182,11 @@ async def run_case(service: TaskService, client: TestClient[Any, Any], case: Cas
     for path in ("/history", "/tasks?limit=5", f"/tasks/{task.id}", "/status"):
         resp = await client.get(path)
         assert resp.status == 200, (path, await resp.text())
-        strict(await resp.text())
+        strict_loads(await resp.text())
     stored = await service.store.events(task.id, after=0, limit=10_000)
     assert stored[-1].type == "done"
     for event in stored:
-        strict(event.data_json)
+        strict_loads(event.data_json)
         assert len(event.data_json) <= 4 * EVENT_BYTES + 1024 + 200, event.type
 
 

@@ -167,6 +167,18 @@ async def test_null_and_foreign_origins_are_refused_even_with_a_token(
     assert status == 200, answer
 
 
+async def raw_get(api: Orchestrator, path: str, header: bytes) -> bytes:
+    """The status line of a GET sent byte for byte (clients refuse non-UTF-8 headers)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", api.port)
+    try:
+        writer.write(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n" + header
+                     + b"\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        return await reader.readline()
+    finally:
+        writer.close()
+
+
 async def test_loopback_without_token_is_401(default_api: Orchestrator) -> None:
     api = default_api
     for method, path in [("GET", "/tasks"), ("GET", "/history"), ("GET", "/status"),
@@ -180,6 +192,10 @@ async def test_loopback_without_token_is_401(default_api: Orchestrator) -> None:
             method, path, data=SPEC, headers={"Authorization": "Bearer wrong", **JSON}
         )
         refused(status, answer, 401)
+    # Header bytes that are not UTF-8 are a wrong token too, not a server error.
+    for raw in (b"Bearer \xff\xfe", b"Bearer " + api.token.encode() + b"\xff", b"\xc3"):
+        status_line = await raw_get(api, "/tasks", b"Authorization: " + raw)
+        assert status_line.startswith(b"HTTP/1.1 401"), status_line
     await assert_nothing_created(api)
     # The two open paths need no token, and /healthz says nothing worth stealing.
     status, health = await api.request("GET", "/healthz", auth=False)

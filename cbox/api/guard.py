@@ -67,8 +67,10 @@ class BearerToken:
 
     def admits(self, request: web.BaseRequest) -> bool:
         scheme, _, given = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
+        # aiohttp decodes header bytes with surrogateescape: encode them back the
+        # same way, so a non-UTF-8 header is a wrong token, not an exception.
         return scheme.lower() == "bearer" and hmac.compare_digest(
-            given.strip().encode(), self.secret
+            given.strip().encode("utf-8", "surrogateescape"), self.secret
         )
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 
 from aiohttp import web
 from githubkit.webhooks import verify
@@ -21,6 +22,7 @@ from githubkit.webhooks import verify
 logger = logging.getLogger("cbox.worker.github")
 
 EVENTS = frozenset({"issues", "issue_comment", "label"})
+_SIGNATURE = re.compile(r"sha256=[0-9a-fA-F]{64}")
 MAX_BODY_BYTES = 25 * 1024 * 1024  # GitHub caps payloads at 25 MB
 
 
@@ -28,7 +30,9 @@ def webhook_app(secret: str, poke: asyncio.Event) -> web.Application:
     async def receive(request: web.Request) -> web.Response:
         body = await request.read()
         signature = request.headers.get("X-Hub-Signature-256", "")
-        if not signature.startswith("sha256=") or not verify(secret, body, signature):
+        # Only `sha256=` + 64 hex digits reaches `verify`: anything else (non-ASCII
+        # included, on which hmac.compare_digest raises) is simply a bad signature.
+        if not _SIGNATURE.fullmatch(signature) or not verify(secret, body, signature):
             logger.warning("webhook: refused a delivery with a missing or bad signature")
             return web.json_response({"error": "bad signature"}, status=401)
         event = request.headers.get("X-GitHub-Event", "")

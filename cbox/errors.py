@@ -11,7 +11,8 @@
     ├── Conflict               an action the task's state does not allow (HTTP 409)
     ├── FirewallUnavailable    the host firewall a task's network needs is not there (503)
     ├── DockerError            the engine refused or is unreachable
-    │   └── ImageNotFound      the sandbox image is missing: build it first
+    │   ├── ImageNotFound      the sandbox image is missing: build it first
+    │   └── UnsafeMount        a bind source no longer resolves to itself (a symlink swap)
     ├── ImageBuildError        `cbox image build` failed, with the engine's message
     ├── ClientError            the CLI could not talk to a server
     │   └── ServerUnreachable
@@ -76,6 +77,10 @@ class FirewallUnavailable(CboxError):
 
 class DockerError(CboxError):
     """The Docker engine refused a request or could not be reached."""
+
+
+class UnsafeMount(DockerError):
+    """A host path about to be bind-mounted now passes through a symlink."""
 
 
 class ImageNotFound(DockerError):

@@ -264,4 +264,6 @@ class Settings(BaseSettings):
     @property
     def work_dir(self) -> Path:
         """Root of the orchestrator's own files besides the database."""
-        return self.data_dir if self.data_dir is not None else self.db_path.parent
+        # Resolved: bind sources under it must be canonical (`docker.check_binds`).
+        root = self.data_dir if self.data_dir is not None else self.db_path.parent
+        return root.resolve()

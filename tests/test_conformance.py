@@ -381,3 +381,33 @@ async def test_mounts_outside_the_roots_are_refused(
         assert "outside the allowed roots" in body["error"]["message"]
     _, listing = await box.request("GET", "/tasks")
     assert listing["total"] == 0
+
+
+async def test_a_workspace_swapped_for_a_symlink_after_submit_is_not_mounted(
+    orchestrator_factory: type[Orchestrator], workspace: Path, tmp_path: Path
+) -> None:
+    """A rw box turns a queued task's workspace (inside its own) into a symlink to a
+    host directory between submit and mount: the engine would follow it."""
+    home = tmp_path / "host-home"
+    home.mkdir()
+    os.chown(home, WORKSPACE_UID, WORKSPACE_GID)
+    sub = workspace / "sub"
+    sub.mkdir()
+    os.chown(sub, WORKSPACE_UID, WORKSPACE_GID)
+    orch = orchestrator_factory(workspace=workspace, max_concurrent=1, policies={
+        **POLICIES,
+        "touch": 'agent = "command"\ncommand = ["sh", "-c", "echo pwned > /workspace/pwned"]\n',
+    })
+    await orch.start()
+    write_attack(workspace, f"mv /workspace/sub /workspace/sub.orig && ln -s {home} "
+                 "/workspace/sub && echo swapped\n")
+    first = await orch.submit("swap", policy="attack-rw")
+    second = await orch.submit("touch", policy="touch", workspace=str(sub))
+    assert (await orch.wait_done(first["id"]))["state"] == "completed"
+    done = await orch.wait_done(second["id"])
+    assert not (home / "pwned").exists(), "the box wrote into the symlink's target"
+    assert done["state"] == "failed", done
+    # Refused at the start (the workspace is resolved again) or at the mount itself
+    # (`docker.check_binds`, the last line for the warm and git-helper paths).
+    assert any(why in (done["error"] or "") for why in (
+        "replaced by a symlink", "outside the allowed roots")), done

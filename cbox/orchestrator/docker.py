@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,7 @@ import aiodocker
 import aiohttp
 from aiodocker.types import SENTINEL
 
-from cbox.errors import DockerError, ImageNotFound
+from cbox.errors import DockerError, ImageNotFound, UnsafeMount
 from cbox.orchestrator.logstream import MAX_LINE_BYTES, Frames, Lines
 
 LABEL_MANAGED = "dev.cbox.managed"
@@ -155,6 +156,7 @@ class DockerBackend:
         return {n["Name"]: (n.get("Labels") or {}).get(LABEL_TASK, "") for n in found}
 
     async def create(self, name: str, config: dict[str, Any]) -> str:
+        check_binds(config)
         try:
             container = await self.docker.containers.create(config=config, name=name)
         except _ENGINE_ERRORS as exc:
@@ -325,6 +327,7 @@ class DockerBackend:
         (`cbox.orchestrator.gitbox`). The container is removed however it ends,
         a timeout included.
         """
+        check_binds(config)
         try:
             container = await self.docker.containers.create(config=config, name=name)
         except _ENGINE_ERRORS as exc:
@@ -341,6 +344,29 @@ class DockerBackend:
             with contextlib.suppress(*_ENGINE_ERRORS):
                 await container.delete(force=True, v=True)
         return int(result.get("StatusCode", -1)), "".join(output)
+
+
+def check_binds(config: dict[str, Any]) -> None:
+    """Refuse to bind-mount a host path that no longer resolves to itself.
+
+    Every bind source claude-box builds is canonical (resolved at submit, or
+    under the resolved data dir), and the engine follows symlinks in a source
+    when it mounts. A box with a `rw` workspace that contains another task's
+    workspace could swap a directory on that path for a symlink to, say, the
+    user's home, between the check at submit and the mount. So each source is
+    resolved again right before the engine sees it: a source that now passes
+    through a symlink is refused, and the task fails saying so.
+    """
+    for bind in config.get("HostConfig", {}).get("Binds") or []:
+        source = str(bind).split(":", 1)[0]
+        if not source.startswith("/"):
+            continue  # a named volume
+        real = os.path.realpath(source)
+        if real != os.path.normpath(source):
+            raise UnsafeMount(
+                f"refusing to mount {source}: it now resolves to {real} (a directory on the "
+                "path was replaced by a symlink after the task was submitted)"
+            )
 
 
 def bridge_name(task_id: str) -> str:

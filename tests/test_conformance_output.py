@@ -289,10 +289,12 @@ async def test_50_mb_line_without_newline(box: Orchestrator, workspace: Path) ->
     assert stderr and all(len(s) <= 8000 for s in stderr)
 
 
+@pytest.mark.parametrize("line", ['b"o" * 99 + b"\\n"', 'b"\\n"'], ids=["text", "empty"])
 async def test_output_past_the_task_budget(
-    orchestrator_factory: type[Orchestrator], workspace: Path
+    orchestrator_factory: type[Orchestrator], workspace: Path, line: str
 ) -> None:
-    """Past `CBOX_MAX_TASK_OUTPUT_BYTES` nothing more is stored and the task ends `failed`."""
+    """Past `CBOX_MAX_TASK_OUTPUT_BYTES` nothing more is stored and the task ends `failed`;
+    empty lines count too (each is a row), so a flood of them cannot fill the disk."""
     budget = 2 * 1024 * 1024
     orch = orchestrator_factory(
         workspace=workspace, policies=POLICIES,
@@ -300,7 +302,7 @@ async def test_output_past_the_task_budget(
     )
     await orch.start()
     script = (
-        'line = b"o" * 99 + b"\\n"\n'
+        f"line = {line}\n"
         "for _ in range(4000):\n    out.write(line * 100)\nout.flush()\n"
         'emit({"event": "result", "data": {"result": "finished"}})'
     )
@@ -313,11 +315,13 @@ async def test_output_past_the_task_budget(
         (events_bytes,) = db.execute(
             "SELECT COALESCE(SUM(LENGTH(data)), 0) FROM events WHERE task_id = ?", (task_id,)
         ).fetchone()
-        (raw_bytes,) = db.execute(
-            "SELECT COALESCE(SUM(LENGTH(line)), 0) FROM raw_lines WHERE task_id = ?", (task_id,)
+        (raw_bytes, rows) = db.execute(
+            "SELECT COALESCE(SUM(LENGTH(line)), 0), COUNT(*) FROM raw_lines WHERE task_id = ?",
+            (task_id,),
         ).fetchone()
     # One read's worth of lines may land past the budget before it is noticed.
-    assert events_bytes + raw_bytes <= budget + 2 * 1024 * 1024, (events_bytes, raw_bytes)
+    stored = events_bytes + raw_bytes + 32 * rows
+    assert stored <= budget + 2 * 1024 * 1024, (events_bytes, raw_bytes, rows)
 
 
 def _columns(task: Task) -> tuple[str, str, int, float, None]:

@@ -351,10 +351,19 @@ def _error_line(text: str) -> ParsedEvent:
     return _output("✗ " + one_line(first, 200))
 
 
+#: Output lines made from one text block. The text itself is bounded per event,
+#: but a block of newlines would otherwise become one event (and row) per line.
+MAX_TEXT_LINES = 400
+
+
 def _text_lines(text: Any) -> list[ParsedEvent]:
     """Assistant text as output lines; blank lines inside a paragraph break are kept."""
-    lines = _str(text).strip("\n").splitlines()
-    return [_output(line.rstrip()) for line in lines]
+    lines = _str(text)[: 4 * MAX_OUTPUT_LINE_CHARS * MAX_TEXT_LINES].strip("\n").splitlines()
+    events = [_output(line.rstrip()) for line in lines[:MAX_TEXT_LINES]]
+    if len(lines) > MAX_TEXT_LINES:
+        events.append(_output(f"…[{len(lines) - MAX_TEXT_LINES} more lines of this text cut; "
+                              "the whole text is in the assistant event]"))
+    return events
 
 
 def _output(line: str) -> ParsedEvent:

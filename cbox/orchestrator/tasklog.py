@@ -38,6 +38,9 @@ from cbox.orchestrator.streamjson import MAX_EVENT_BYTES, ParsedEvent
 TAIL_EVENTS = 5000
 #: ... and at most this many bytes of event JSON, once they are stored.
 TAIL_BYTES = 16 * 1024 * 1024
+#: What one stored raw line costs beyond its text (its row), charged to the
+#: task's output budget so a flood of empty lines cannot fill the disk.
+ROW_OVERHEAD_BYTES = 32
 
 
 def json_cap(max_event_bytes: int) -> int:
@@ -90,7 +93,8 @@ class TaskLog:
         from `first_raw` + 1) while the task's output budget lasts."""
         if self.over_budget:
             return
-        size = sum(map(len, raw))
+        # Each raw line is a row: a flood of empty lines costs disk too.
+        size = sum(map(len, raw)) + ROW_OVERHEAD_BYTES * len(raw)
         if raw:
             if not self.pending_raw:
                 self.pending_raw_first = first_raw

@@ -18,7 +18,7 @@ from aiohttp import web
 from cbox.cli.blocking_client import BlockingClient
 from cbox.cli.defaults import resolve_token, token_file
 from cbox.cli.main import COMMANDS, parse_run
-from cbox.cli.render import EventPrinter, event_line
+from cbox.cli.render import EventPrinter, event_line, safe
 from cbox.cli.sse import SseEvent
 from cbox.errors import ClientError, ServerUnreachable
 from tests.conftest import WORKSPACE_GID, WORKSPACE_UID
@@ -305,9 +305,32 @@ def test_event_printer_writes_what_rich_did(
         if as_json:
             console.out(json.dumps({"id": event.id, "type": event.type, "data": event.data}))
         elif (line := event_line(event)) is not None:
-            console.print(Text(line[0], style=line[1] or ""))
+            console.print(Text(safe(line[0]), style=line[1] or ""))
     assert ours == expected.getvalue()
     assert ("\x1b[35m→ Bash ls" in ours) == (colour and not as_json)
+
+
+@pytest.mark.parametrize("colour", [False, True])
+def test_agent_text_cannot_drive_the_terminal(
+    colour: bool, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OSC 52 (clipboard), OSC 8 (links), CSI (clear screen), C1 forms: all made inert."""
+    if colour:
+        monkeypatch.setenv("FORCE_COLOR", "1")
+    else:
+        monkeypatch.delenv("FORCE_COLOR", raising=False)
+    hostile = ["\x1b]52;c;cm0gLXJmIH4=\x1b\\", "\x1b]8;;http://evil.example\x07x\x1b]8;;\x07",
+               "\x1b[2J\x1b[H", "\x9b2J", "\x9d0;title\x9c", "\x1bP+q\x1b\\"]
+    printer = EventPrinter(as_json=False)
+    for n, text in enumerate(hostile):
+        printer(SseEvent(n, "output", {"line": text}))
+        printer(SseEvent(n, "stderr", {"line": text}))
+    printer(SseEvent(99, "done", {"state": "failed", "error": hostile[0]}))
+    out = capsys.readouterr().out
+    # Only rich's own style codes (ESC [ ... m) may reach the terminal.
+    assert "\x1b]" not in out and "\x1bP" not in out and "\x1b\\" not in out, repr(out)
+    assert "\x1b[2J" not in out and "\x1b[H" not in out, repr(out)
+    assert not any(0x80 <= ord(c) < 0xA0 for c in out), repr(out)
 
 
 class CannedServer:

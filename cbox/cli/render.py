@@ -37,6 +37,18 @@ STYLE = {
 #: What rich's `Text` removes from every string (rich.control.STRIP_CONTROL_CODES):
 #: bell, backspace, vertical tab, form feed, carriage return.
 _STRIP = dict.fromkeys((7, 8, 11, 12, 13))
+#: Every other control character becomes "?": ESC would let agent text (or an
+#: issue's text in a prompt) drive the terminal (OSC 52 clipboard writes,
+#: hyperlinks, clearing the screen); C1 codes are 8-bit forms of the same.
+_CONTROL: dict[int, str | None] = {
+    **{c: "?" for c in (*range(32), 127, *range(128, 160)) if c not in (9, 10)},
+    **_STRIP,
+}
+
+
+def safe(text: str) -> str:
+    """Text from a task (the agent's, or a tracker's) made inert for a terminal."""
+    return text.translate(_CONTROL)
 #: Variables with which rich treats a stream as a terminal whatever isatty() says.
 _FORCE_TERMINAL = ("FORCE_COLOR", "TTY_COMPATIBLE")
 
@@ -49,7 +61,7 @@ def console(stderr: bool = False) -> Console:
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    console(stderr=True).print(f"cbox: {message}", markup=False)
+    console(stderr=True).print(f"cbox: {safe(message)}", markup=False)
     sys.exit(code)
 
 
@@ -120,8 +132,9 @@ class EventPrinter:
             if line is None:
                 return
             text, style = line
+            text = safe(text)
             if self._plain and "\t" not in text:
-                self.out.write(text.translate(_STRIP) + "\n")
+                self.out.write(text + "\n")
             else:
                 from rich.text import Text
 
@@ -162,7 +175,7 @@ def tasks_table(tasks: list[dict[str, Any]]) -> Table:
         table.add_column(column, no_wrap=column != "PROMPT", overflow="ellipsis")
     for task in tasks:
         cost = task.get("cost_usd")
-        prompt = " ".join(str(task.get("prompt", "")).split())
+        prompt = safe(" ".join(str(task.get("prompt", "")).split()))
         table.add_row(
             task["id"],
             task["state"],

@@ -33,7 +33,7 @@ from pathlib import Path
 from cbox.errors import Conflict, TaskNotFound
 from cbox.models import Task
 from cbox.orchestrator.docker import DockerBackend
-from cbox.orchestrator.gitbox import helper_config
+from cbox.orchestrator.gitbox import helper_config, reason
 from cbox.orchestrator.isolated import branch_name
 
 #: A bundle bigger than this is refused (the branch holds the repository's
@@ -124,7 +124,7 @@ class Bundler:
         code, output = await self.docker.run_helper(name, config, timeout_s=self.timeout_s)
         if code != 0:
             raise BundleError(
-                f"bundling branch {branch_name(task_id)} failed: {output.strip()[-300:]}"
+                f"bundling branch {branch_name(task_id)} failed: {reason(output)}"
             )
 
 

@@ -172,7 +172,7 @@ class GitBox:
                                  image, uid, gid)
         found = _last(_PREPARED, output)
         if found is None:
-            raise GitError(f"{what}: {_reason(output)}")
+            raise GitError(f"{what}: {reason(output)}")
         base, snapshot, files = found.groups()
         return Prepared(base=base, snapshot=None if snapshot == "-" else snapshot,
                         files=int(files))
@@ -188,7 +188,7 @@ class GitBox:
                                  binds, image, uid, gid)
         found = _last(_COMMITTED, output)
         if found is None:
-            raise GitError(f"{what}: {_reason(output)}")
+            raise GitError(f"{what}: {reason(output)}")
         return found.group(1)
 
     async def fetch(
@@ -203,7 +203,7 @@ class GitBox:
         tip = _last(_FETCHED, output)
         stat = _last(_SHORTSTAT, output)
         if tip is None or stat is None or "cbox-stat" not in lines:
-            raise GitError(f"{what}: {_reason(output)}")
+            raise GitError(f"{what}: {reason(output)}")
         files, added, removed = (int(n) if n else 0 for n in stat.groups())
         marker = len(lines) - lines[::-1].index("cbox-stat")  # just after the last one
         stat_lines = lines[marker:marker + _MAX_STAT_LINES]
@@ -223,7 +223,7 @@ class GitBox:
         except DockerError as exc:
             raise GitError(f"{what}: {exc}") from exc
         if code != 0:
-            raise GitError(f"{what}: {_reason(output)}")
+            raise GitError(f"{what}: {reason(output)}")
         return output
 
 
@@ -276,7 +276,7 @@ def _last(pattern: re.Pattern[str], output: str) -> re.Match[str] | None:
     return found
 
 
-def _reason(output: str) -> str:
+def reason(output: str) -> str:
     """The helper's own error code, else the tail of its output, made safe to show."""
     code = _last(_ERROR, output)
     if code is not None and code.group(1) in ERRORS:

@@ -88,6 +88,26 @@ def _body(**extra: Any) -> bytes:
     return json.dumps({"model": "m", "max_tokens": 10, "messages": [], **extra}).encode()
 
 
+def test_duplicate_keys_and_unbounded_max_tokens_are_refused() -> None:
+    """We check the parsed body but relay its bytes: a second `tools` key must not hide
+    a server tool from us, and `max_tokens` must keep the budget's estimate finite."""
+    smuggled = (b'{"model": "m", "max_tokens": 1, "messages": [], "tools": [{"type": '
+                b'"web_search_20250305", "name": "web_search"}], "tools": []}')
+    for body in (smuggled, _body(max_tokens=10**300), _body(max_tokens=True),
+                 _body(max_tokens=-1)):
+        refusal = check_body(body, server_tools=False)
+        assert isinstance(refusal, Refusal) and refusal.status == 400, body[:60]
+
+
+def test_a_call_cut_before_its_usage_is_charged_its_estimate() -> None:
+    ledger = Ledger(Budget(max_cost_usd=10.0))
+    held = estimate("claude-opus-4", 32_000, 10_000)
+    assert ledger.reserve(held)
+    ledger.release(held)
+    ledger.charge(held)  # what the gateway does when the box cut the stream
+    assert ledger.usage.cost_usd == pytest.approx(held.cost_usd) and held.cost_usd > 0
+
+
 def test_body_custom_tools_pass_server_tools_do_not() -> None:
     custom = [{"name": "Bash", "input_schema": {}}, {"type": "custom", "name": "X"}]
     assert check_body(_body(tools=custom), server_tools=False) == MessageCall("m", 10)

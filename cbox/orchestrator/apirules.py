@@ -115,6 +115,19 @@ class Refusal:
     message: str
 
 
+#: Far above any model's output limit today; a reservation past it is meaningless.
+MAX_OUTPUT_TOKENS = 1_000_000
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise ValueError(f"duplicate key {key!r}")
+        found[key] = value
+    return found
+
+
 @dataclass(frozen=True, slots=True)
 class MessageCall:
     """What the gateway needs from a body it lets through: for the budget's estimate."""
@@ -189,14 +202,20 @@ def check_body(raw: bytes, *, server_tools: bool) -> MessageCall | Refusal:
     at a URL or at the workspace's Files API.
     """
     try:
-        body = json.loads(raw)
+        # Duplicate keys are refused: we check the parsed body but relay the bytes,
+        # and a parser upstream that keeps the first of two `tools` would see
+        # what we never checked.
+        body = json.loads(raw, object_pairs_hook=_no_duplicates)
     except (ValueError, RecursionError) as exc:
         return Refusal(400, "invalid_request_error", f"body is not valid JSON: {show(str(exc))}")
     if not isinstance(body, dict):
         return Refusal(400, "invalid_request_error", "body must be a JSON object")
     model, max_tokens = body.get("model"), body.get("max_tokens", 0)
-    if not isinstance(model, str) or not isinstance(max_tokens, int) or max_tokens < 0:
-        return Refusal(400, "invalid_request_error", "model and max_tokens are malformed")
+    if (not isinstance(model, str) or not isinstance(max_tokens, int)
+            or isinstance(max_tokens, bool) or not 0 <= max_tokens <= MAX_OUTPUT_TOKENS):
+        # Bounded, so a budget's reservation stays a sane, finite number.
+        return Refusal(400, "invalid_request_error",
+                       f"model and max_tokens (0 to {MAX_OUTPUT_TOKENS}) are malformed")
     call = MessageCall(model=model, max_tokens=max_tokens)
     if server_tools:
         return call

@@ -103,6 +103,12 @@ class Ledger:
         self.reservations += 1
         return True
 
+    def charge(self, reservation: Reservation) -> None:
+        """Count a call whose usage never arrived (the box cut the stream) at its estimate:
+        whatever it received, it cannot have cost more, and it must not cost nothing."""
+        self.usage.output_tokens += reservation.tokens
+        self.usage.cost_usd += reservation.cost_usd
+
     def release(self, reservation: Reservation) -> None:
         self.reservations -= 1
         if self.reservations == 0:  # no float residue left behind

@@ -22,6 +22,7 @@ once instead of letting the CLI retry for minutes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import secrets
@@ -64,6 +65,9 @@ UPSTREAM_CONNECT_TIMEOUT_S = 30.0
 UPSTREAM_READ_TIMEOUT_S = 600.0
 UPSTREAM_TOTAL_TIMEOUT_S = 3600.0
 ERROR_BODY_BYTES = 4096
+
+#: Set on a request whose successful answer ended before its usage was read.
+_UNMETERED = "cbox.unmetered"
 
 BudgetHandler = Callable[[str, str], None]  # task id, reason
 RefusedHandler = Callable[[str, str], None]  # task id, reason
@@ -275,6 +279,8 @@ class ApiGateway:
         finally:
             if held is not None:
                 ledger.release(held)
+                if request.get(_UNMETERED):
+                    ledger.charge(held)
             reason = ledger.budget.crossed(ledger.usage)
             if reason:
                 self._over_budget(lease, reason)
@@ -381,5 +387,7 @@ class ApiGateway:
             log.info("gateway: stream for %s ended early: %s", lease.task_id, exc)
         if metered:
             meter.finish()
-        await response.write_eof()
+            request[_UNMETERED] = not meter.complete
+        with contextlib.suppress(ConnectionResetError, aiohttp.ClientError):
+            await response.write_eof()  # the box may have gone: that is its business
         return response

@@ -82,6 +82,9 @@ class UsageMeter:
         self.streaming = streaming
         self._buffer = b""
         self._model = ""
+        #: The response's final usage was read (a stream's `message_delta`, or a
+        #: whole JSON body). A call cut off before it is charged its estimate.
+        self.complete = False
 
     def feed(self, chunk: bytes) -> None:
         self._buffer += chunk
@@ -103,6 +106,7 @@ class UsageMeter:
             return
         if isinstance(body, dict) and isinstance(body.get("usage"), dict):
             self.usage.add(body["usage"], str(body.get("model", "")))
+            self.complete = True
 
     def _event(self, raw: bytes) -> None:
         try:
@@ -119,3 +123,4 @@ class UsageMeter:
                 self.usage.add({**message["usage"], "output_tokens": 0}, self._model)
         elif data.get("type") == "message_delta" and isinstance(data.get("usage"), dict):
             self.usage.add({"output_tokens": data["usage"].get("output_tokens", 0)}, self._model)
+            self.complete = True

@@ -34,6 +34,12 @@ _RANGE = re.compile(r"^([0-9]{1,5})-([0-9]{1,5})$")
 _EXTRA_DENIED: tuple[IPNetwork, ...] = (
     ipaddress.ip_network("100.64.0.0/10"),  # carrier-grade NAT (RFC 6598)
     ipaddress.ip_network("fd00:ec2::/32"),  # AWS metadata over IPv6 (also unique-local)
+    # IPv6 forms that can carry an IPv4 address to a host-local translator:
+    # IPv4-compatible (::a.b.c.d, `sit` tunnels), SIIT (::ffff:0:a.b.c.d),
+    # local-use NAT64 (RFC 8215); and the deprecated site-local range.
+    ipaddress.ip_network("::/8"),
+    ipaddress.ip_network("64:ff9b:1::/48"),
+    ipaddress.ip_network("fec0::/10"),
 )
 
 
@@ -111,7 +117,7 @@ def dangerous(ip: IPAddress) -> str | None:
     if ip.is_multicast:
         return "a multicast address"
     if any(ip in net for net in _EXTRA_DENIED if net.version == ip.version):
-        return "a private address (CGNAT or unique-local)"
+        return "a private, translated or site-local address (CGNAT, ULA, ::/8, NAT64)"
     if ip.is_private or not ip.is_global:
         return "a private or reserved address"
     if _is_own(ip):

@@ -115,6 +115,12 @@ CREDENTIAL_NAMES = frozenset(
         "PYPI_TOKEN",
     }
 )
+#: Whole families by shape, so a credential nobody listed is still kept out.
+CREDENTIAL_PREFIXES = ("CBOX_", "ANTHROPIC_", "CLAUDE_CODE_OAUTH", "AWS_", "AZURE_", "GOOGLE_",
+                       "GCP_", "GITHUB_", "GITLAB_", "LINEAR_")
+CREDENTIAL_SUFFIXES = ("_TOKEN", "_API_KEY", "_APIKEY", "_ACCESS_KEY", "_PASSWORD", "_PASSWD",
+                       "_CREDENTIALS", "_PRIVATE_KEY", "_AUTH")
+CREDENTIAL_WORDS = ("SECRET",)
 #: Variables that are a way to a credential rather than one (sockets, helpers, files).
 ACCESS_NAMES = frozenset(
     {"DOCKER_HOST", "SSH_AUTH_SOCK", "GIT_ASKPASS", "GOOGLE_APPLICATION_CREDENTIALS"}
@@ -128,7 +134,9 @@ def passthrough_problem(
 ) -> str | None:
     """Why passing host variable `name` into a box would leak a credential, or None."""
     upper = name.upper()
-    if upper in CREDENTIAL_NAMES or upper in ACCESS_NAMES or upper.startswith("CBOX_"):
+    if (upper in CREDENTIAL_NAMES or upper in ACCESS_NAMES
+            or upper.startswith(CREDENTIAL_PREFIXES) or upper.endswith(CREDENTIAL_SUFFIXES)
+            or any(word in upper for word in CREDENTIAL_WORDS)):
         return f"{name} is a credential variable and never enters a box"
     if environ is None or name not in environ:
         return None

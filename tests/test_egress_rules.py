@@ -109,6 +109,13 @@ def test_allow_ports_default_to_443() -> None:
         ("claude_code_oauth_token", {}, "credential variable"),
         ("CBOX_ANYTHING", {}, "credential variable"),
         ("GITHUB_TOKEN", {}, "credential variable"),
+        # Families nobody listed by name are kept out by their shape.
+        ("ANTHROPIC_CUSTOM_HEADERS", {}, "credential variable"),
+        ("AWS_BEARER_TOKEN_BEDROCK", {}, "credential variable"),
+        ("GEMINI_API_KEY", {}, "credential variable"),
+        ("HF_TOKEN", {}, "credential variable"),
+        ("MY_CLIENT_SECRET_X", {}, "credential variable"),
+        ("DB_PASSWORD", {}, "credential variable"),
         ("COPY", {"COPY": "sk-real-secret"}, "holds one of the server's credentials"),
         ("WRAP", {"WRAP": "x=sk-real-secret;"}, "holds one of the server's credentials"),
         ("FINE", {"FINE": "hello"}, None),
@@ -138,3 +145,10 @@ def test_passthrough_is_checked_at_load(tmp_path: Path) -> None:
 )
 def test_engine_versions_of_the_advisory(version: str, affected: bool | None) -> None:
     assert engine_affected(version) is affected
+
+
+@pytest.mark.parametrize("address", [
+    "::7f00:1", "::a9fe:a9fe", "::ffff:0:7f00:1", "64:ff9b:1::7f00:1", "fec0::1",
+])
+def test_ipv6_forms_that_carry_a_local_address_are_refused(address: str) -> None:
+    assert dangerous(ipaddress.ip_address(address)) is not None

@@ -411,3 +411,18 @@ async def test_a_workspace_swapped_for_a_symlink_after_submit_is_not_mounted(
     # (`docker.check_binds`, the last line for the warm and git-helper paths).
     assert any(why in (done["error"] or "") for why in (
         "replaced by a symlink", "outside the allowed roots")), done
+
+
+async def test_task_networks_have_no_ipv6(box: Orchestrator) -> None:
+    """The host firewall is IPv4: a dual-stack network would be a way around it."""
+    task = await box.submit("idle", policy="idle")
+    await box.wait_state(task["id"], {"running"})
+    nets = box.networks()
+    assert nets
+    for net in nets:
+        shown = json.loads(subprocess.run(
+            ["docker", "network", "inspect", net], capture_output=True, text=True, check=True
+        ).stdout)[0]
+        assert shown["EnableIPv6"] is False, shown
+    await box.request("POST", f"/tasks/{task['id']}/stop")
+    await box.wait_done(task["id"])

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import resource
 import signal
 
 from aiohttp import web
@@ -43,8 +45,19 @@ def require_token(settings: Settings) -> Settings:
     return settings.model_copy(update={"api_token": SecretStr(token)})
 
 
+def raise_fd_limit() -> None:
+    """Open files up to the hard limit: each task holds a log stream, a gateway
+    listener and its connections, and systemd's default soft limit is 1024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
 async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
     settings = require_token(settings)
+    raise_fd_limit()
     async with running_service(settings) as service:
         runner = web.AppRunner(make_app(service), access_log=None, handle_signals=False)
         await runner.setup()

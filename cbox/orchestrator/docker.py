@@ -117,6 +117,10 @@ class DockerBackend:
                         "Name": name,
                         "Driver": "bridge",
                         "Internal": internal,
+                        # The host firewall is IPv4 (iptables): a daemon that makes
+                        # dual-stack networks by default must not give a box an IPv6
+                        # way to the host's services.
+                        "EnableIPv6": False,
                         "CheckDuplicate": True,
                         "Labels": {LABEL_MANAGED: "true", **labels},
                         "Options": {
@@ -129,11 +133,13 @@ class DockerBackend:
             info = await net.show()
         except _ENGINE_ERRORS as exc:
             raise _translate(exc, f"network {name}") from exc
+        if info.get("EnableIPv6"):
+            raise DockerError(f"network {name} has IPv6 enabled, which the firewall does not cover")
         for config in (info.get("IPAM") or {}).get("Config") or []:
             gateway = config.get("Gateway")
-            if gateway:
+            if gateway and ":" not in str(gateway):
                 return str(gateway)
-        raise DockerError(f"network {name} has no gateway address")
+        raise DockerError(f"network {name} has no IPv4 gateway address")
 
     async def remove_network(self, name: str) -> None:
         try:

@@ -22,6 +22,7 @@ once instead of letting the CLI retry for minutes.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -66,6 +67,7 @@ UPSTREAM_READ_TIMEOUT_S = 600.0
 UPSTREAM_TOTAL_TIMEOUT_S = 3600.0
 ERROR_BODY_BYTES = 4096
 
+KEEPALIVE_S = 30.0
 #: Set on a request whose successful answer ended before its usage was read.
 _UNMETERED = "cbox.unmetered"
 
@@ -142,6 +144,7 @@ class ApiGateway:
         self._leases: dict[str, _Lease] = {}  # by task id
         self._by_host: dict[str, _Lease] = {}
         self._runner: web.AppRunner | None = None
+        self._parsing = asyncio.Semaphore(2)
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -151,7 +154,9 @@ class ApiGateway:
     async def start(self) -> None:
         app = web.Application(client_max_size=MAX_BODY_BYTES)
         app.router.add_route("*", "/{tail:.*}", self._relay)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # Idle connections go after KEEPALIVE_S, not aiohttp's hour: no box hoards our fds.
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                                     keepalive_timeout=KEEPALIVE_S)
         await self._runner.setup()
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(
@@ -262,7 +267,8 @@ class ApiGateway:
             return _error(body.status, body.kind, body.message)
         if self._leases.get(lease.task_id) is not lease:  # the task ended meanwhile
             return _error(401, "authentication_error", "unknown or expired task token")
-        call = check_body(body, server_tools=lease.access.server_tools)
+        async with self._parsing:  # off the loop: a 32 MiB body takes seconds to parse
+            call = await asyncio.to_thread(check_body, body, server_tools=lease.access.server_tools)
         if isinstance(call, Refusal):
             return self._deny(lease, request, call)
         ledger = lease.ledger

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from githubkit import GitHub
 from githubkit.webhooks import sign
 
+from cbox.errors import GitHubError
 from cbox.integrations import github_report
 from cbox.integrations.github_api import Comment, GitHubApi, Repo, priority_rank
 from cbox.integrations.github_auth import AppTokens, StaticToken
@@ -93,6 +94,17 @@ async def test_pagination_follows_link_headers(gh: FakeGitHub, repo: FakeRepo) -
     assert [i.number for i in found] == [i.number for i in issues]
     pages = [s for s in gh.requests if s.path.endswith("/issues")]
     assert len(pages) == 2
+
+
+async def test_a_list_past_the_page_limit_is_refused_not_cut(
+    gh: FakeGitHub, repo: FakeRepo
+) -> None:
+    """A cut list would hide a mention's answer: the mention would run on every poll."""
+    for n in range(3001):
+        gh.add_issue(repo, f"n{n}", age_s=5000 - n)
+    api = GitHubApi(gh.url, StaticToken(TOKEN))
+    with pytest.raises(GitHubError, match="partial list"):
+        await api.open_issues(Repo("acme", "rocket"), "claude")
 
 
 def test_agent_text_cannot_fake_a_marker_or_mention_anyone() -> None:

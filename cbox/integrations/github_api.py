@@ -263,9 +263,11 @@ class GitHubApi:
             items += resp.parsed_data
             following = _next_page(resp.headers.get("link", ""))
             if following is None:
-                break
+                return items
             number = following
-        return items
+        # Fail closed: decisions taken on a cut list (a mention whose answer lies past
+        # the cut looks unanswered, and would start a task on every poll) are wrong.
+        raise GitHubError(f"{what}: more than {max_pages} pages; not acting on a partial list")
 
 
 class _Retry:

@@ -153,8 +153,10 @@ async def test_bundle_is_refused_for_tasks_that_are_not_isolated(orch: Orchestra
     task = await orch.submit("hello", policy="ok")
     await orch.wait_done(task["id"])
     status, body = await orch.request("GET", f"/tasks/{task['id']}/bundle")
-    assert status == 404
+    assert status == 409
     assert "no isolated workspace" in body["error"]["message"]
+    status, _ = await orch.request("GET", "/tasks/task_00000000000000000000/bundle")
+    assert status == 404
 
 
 async def test_a_bundle_whose_tip_is_not_the_tasks_commit_is_not_pushed(

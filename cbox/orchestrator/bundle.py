@@ -12,7 +12,7 @@ no configuration of the repository it came from, so the worker can unpack it
 into a scratch repository whose configuration it controls.
 
 What is checked here. Only isolated tasks whose work came back as a branch
-have a bundle (404 otherwise). The helper refuses to bundle when the branch no
+have a bundle (409 otherwise). The helper refuses to bundle when the branch no
 longer points at the commit the orchestrator recorded when it brought the work
 back (someone, or a later agent, moved it). The helper's word is still not
 trusted: the bundle is untrusted data, and its consumer checks that the
@@ -30,7 +30,7 @@ import secrets
 import shutil
 from pathlib import Path
 
-from cbox.errors import Conflict, TaskNotFound
+from cbox.errors import Conflict
 from cbox.models import Task
 from cbox.orchestrator.docker import DockerBackend
 from cbox.orchestrator.gitbox import helper_config, reason
@@ -71,7 +71,11 @@ _GIT_ENV = {
 
 
 class BundleError(Conflict):
-    """The task's branch could not be bundled (HTTP 409): moved, or missing."""
+    """The task has no branch to bundle (HTTP 409): not isolated, nothing changed, moved.
+
+    A conflict, not a 404: the task exists, and its kind or state is what does
+    not allow a bundle (an unknown task id is still a 404).
+    """
 
 
 class Bundler:
@@ -90,9 +94,9 @@ class Bundler:
         """The bundle file of `task`'s branch; the caller removes its parent directory."""
         iso = task.isolation
         if iso is None or not task.workspace:
-            raise TaskNotFound(f"task {task.id} has no isolated workspace, so no bundle")
+            raise BundleError(f"task {task.id} has no isolated workspace, so no bundle")
         if not iso.commit:
-            raise TaskNotFound(f"task {task.id} left no branch (it changed nothing, or has "
+            raise BundleError(f"task {task.id} left no branch (it changed nothing, or has "
                                "not finished), so no bundle")
         scratch = self.root / f"{task.id}-{secrets.token_hex(4)}"
         await asyncio.to_thread(_make_dir, scratch, iso.uid, iso.gid)

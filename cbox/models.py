@@ -12,9 +12,9 @@ import re
 import secrets
 import time
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 #: Claude Code takes the prompt as one argv string, and Linux caps one argv
 #: string at 128 KiB (MAX_ARG_STRLEN); we stay clearly below it.
@@ -86,10 +86,38 @@ class MountMode(enum.StrEnum):
     RW = "rw"
 
 
+def _json_integer(value: Any) -> Any:
+    """An integer as JSON Schema has it: an int, or a number with no fraction (`25.0`)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be an integer")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError("must be an integer")
+        return int(value)
+    return value
+
+
+#: Request numbers: JSON numbers only (no strings, no booleans). Integers are
+#: checked by `TaskSpec._integers` (a field validator keeps `minimum` and friends
+#: in the description, where an annotated type would not).
+JsonFloat = Annotated[float, Field(strict=True)]
+
+
 class TaskSpec(BaseModel):
-    """What a client asks for. Unknown fields are refused, so typos fail loudly."""
+    """What a client asks for. Unknown fields are refused, so typos fail loudly.
+
+    Numbers and booleans are taken as JSON types, not coerced: `"read_only": 0.0`
+    or `"cpus": "2"` is refused, while `25.0` is an integer as JSON Schema says. So
+    the server accepts exactly what the OpenAPI description states (schemathesis
+    checks both ways).
+    """
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+    @field_validator("priority", "max_turns", "memory_mb", "pids", "max_tokens", mode="before")
+    @classmethod
+    def _integers(cls, value: Any) -> Any:
+        return value if value is None else _json_integer(value)
 
     prompt: str = Field(
         description="What the agent should do; not blank.",
@@ -98,12 +126,12 @@ class TaskSpec(BaseModel):
     )
     policy: str = Field("default", description="Name of the policy the task runs under.")
     priority: int = Field(0, ge=-1000, le=1000, description="Higher runs first; FIFO within one.")
-    timeout_s: float | None = Field(
+    timeout_s: JsonFloat | None = Field(
         None, gt=0, description="Wall-clock limit; may only tighten the policy's."
     )
     model: str | None = Field(None, description="Model name passed to Claude Code.")
     max_turns: int | None = Field(None, gt=0, description="Agent turn limit; tightens the policy.")
-    read_only: bool = Field(False, description="Force a read-only workspace mount.")
+    read_only: StrictBool = Field(False, description="Force a read-only workspace mount.")
     workspace: str | None = Field(
         None,
         description="Absolute host path of the workspace, a directory under WORKSPACE_DIR "
@@ -111,15 +139,15 @@ class TaskSpec(BaseModel):
         json_schema_extra=_string_branch(pattern=WORKSPACE_PATTERN),
     )
     memory_mb: int | None = Field(None, gt=0, description="Memory limit; tightens the policy.")
-    cpus: float | None = Field(None, gt=0, description="CPU limit; tightens the policy.")
+    cpus: JsonFloat | None = Field(None, gt=0, description="CPU limit; tightens the policy.")
     pids: int | None = Field(None, gt=0, description="Process limit; tightens the policy.")
-    max_cost_usd: float | None = Field(
+    max_cost_usd: JsonFloat | None = Field(
         None, gt=0, description="Budget in USD, counted by the gateway; tightens the policy."
     )
     max_tokens: int | None = Field(
         None, gt=0, description="Budget in tokens, counted by the gateway; tightens the policy."
     )
-    server_tools: bool | None = Field(
+    server_tools: StrictBool | None = Field(
         None, description="false turns off the policy's server-side tools; true needs a "
         "policy that allows them."
     )

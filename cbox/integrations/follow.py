@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
+import signal
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
 from cbox.cli.client import Client, SseEvent
-from cbox.errors import ClientError, ServerUnreachable
+from cbox.errors import CboxError, ClientError, ServerUnreachable
 from cbox.models import TERMINAL_STATES
 
 TERMINAL = {s.value for s in TERMINAL_STATES}
@@ -27,6 +29,7 @@ EXIT_CONFIG = 2
 EXIT_UNREACHABLE = 3
 TAIL_LINES = 40
 
+T = TypeVar("T")
 EventHook = Callable[[SseEvent], Awaitable[None]]
 
 
@@ -84,3 +87,33 @@ def label_policy(
             raise click.BadParameter(f"expected LABEL=POLICY, got {value!r}")
         mapping[label] = policy
     return mapping
+
+
+async def shutdown(running: dict[str, asyncio.Task[Any]], starting: set[str]) -> None:
+    """A daemon's stop: claims still submitting (keys in `starting`) may finish, so no
+    issue is left claimed with nothing to show; the followers are dropped, their tasks
+    keep running, and the next start's recovery pass reports them."""
+    claims = [job for key, job in running.items() if key in starting]
+    if claims:
+        await asyncio.wait(claims, timeout=30)
+    for job in running.values():
+        job.cancel()
+    await asyncio.gather(*running.values(), return_exceptions=True)
+
+
+async def logged(work: Awaitable[T], default: T, logger: logging.Logger) -> T:
+    """A daemon step that may fail (the tracker or the orchestrator away): log, go on."""
+    try:
+        return await work
+    except CboxError as exc:
+        logger.error("%s", " ".join(str(exc).split()) or exc.__class__.__name__)
+        return default
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT, for `run_daemon`."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop

@@ -44,8 +44,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from cbox.cli.client import Client
-from cbox.errors import CboxError, ClientError, ConfigError
+from cbox.errors import ClientError, ConfigError
 from cbox.integrations import github_report as report
+from cbox.integrations.follow import logged, shutdown
 from cbox.integrations.github_api import WRITE_PERMISSIONS, Comment, GitHubApi, Issue, Repo
 from cbox.integrations.github_config import WorkerConfig
 from cbox.integrations.github_publish import Publisher
@@ -189,10 +190,10 @@ class GitHubWorker:
         stopping = asyncio.ensure_future(stop.wait())
         while not stop.is_set():
             self.poke.clear()
-            await self._logged(self.publisher.recover(self._busy), None)
+            await logged(self.publisher.recover(self._busy), None, logger)
             free = self.config.max_parallel - len(running)
             if free > 0:
-                for job in await self._logged(self.jobs(), []):
+                for job in await logged(self.jobs(), [], logger):
                     if free == 0:
                         break
                     if job.issue.ref in running or job.source in self._refused:
@@ -210,25 +211,7 @@ class GitHubWorker:
                     if not job_task.cancelled() and job_task.exception() is not None:
                         logger.error("%s: %s", ref, _one_line(job_task.exception()))
         stopping.cancel()
-        await self._shutdown(running)
-
-    async def _shutdown(self, running: dict[str, asyncio.Task[bool | None]]) -> None:
-        """Let claims finish submitting and posting their tracking comment (so no issue is
-        left labelled working with nothing to show), then drop the followers: their tasks
-        keep running and the next start's recovery pass reports them."""
-        starting = [job for ref, job in running.items() if ref in self._starting]
-        if starting:
-            await asyncio.wait(starting, timeout=30)
-        for job_task in running.values():
-            job_task.cancel()
-        await asyncio.gather(*running.values(), return_exceptions=True)
-
-    async def _logged(self, work: Awaitable[T], default: T) -> T:
-        try:
-            return await work
-        except CboxError as exc:
-            logger.error("%s", _one_line(exc))
-            return default
+        await shutdown(running, self._starting)
 
     # ------------------------------------------------------------- one job
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -27,7 +26,7 @@ from pydantic import ValidationError
 from cbox.cli.client import Client
 from cbox.cli.defaults import resolve_token
 from cbox.errors import CboxError, ConfigError
-from cbox.integrations.follow import EXIT_CONFIG, EXIT_UNREACHABLE, label_policy
+from cbox.integrations.follow import EXIT_CONFIG, EXIT_UNREACHABLE, label_policy, stop_on_signals
 from cbox.integrations.github import GitHubWorker
 from cbox.integrations.github_api import DEFAULT_API_URL, GitHubApi
 from cbox.integrations.github_auth import AppTokens, StaticToken, TokenSource
@@ -154,11 +153,7 @@ async def _main(config: WorkerConfig, source: TokenSource, *, dry_run: bool,
 
                     runner = await serve(config.listen, config.webhook_secret.get_secret_value(),
                                          worker.poke)
-                stop = asyncio.Event()
-                loop = asyncio.get_running_loop()
-                for sig in (signal.SIGTERM, signal.SIGINT):
-                    loop.add_signal_handler(sig, stop.set)
-                await worker.run_daemon(stop)
+                await worker.run_daemon(stop_on_signals())
                 return 0
             return await worker.run_once()
     except ConfigError as exc:

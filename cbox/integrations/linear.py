@@ -55,9 +55,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from cbox.cli.client import Client
-from cbox.errors import CboxError, ClientError, ConfigError, LinearError
+from cbox.errors import ClientError, ConfigError, LinearError
 from cbox.integrations import linear_report as report
-from cbox.integrations.follow import TERMINAL, follow_task
+from cbox.integrations.follow import TERMINAL, follow_task, logged, shutdown
 from cbox.integrations.linear_api import INTAKE_STATE_TYPES, Comment, Issue, LinearApi
 from cbox.integrations.linear_config import Board, WorkerConfig, pick_states
 from cbox.models import MAX_PROMPT_CHARS
@@ -150,10 +150,10 @@ class LinearWorker:
         running: dict[str, asyncio.Task[bool | None]] = {}
         stopping = asyncio.ensure_future(stop.wait())
         while not stop.is_set():
-            await self._logged(self.recover(), None)
+            await logged(self.recover(), None, logger)
             free = self.config.max_parallel - len(running)
             if free > 0:
-                issues = await self._logged(self.candidates(), [])
+                issues = await logged(self.candidates(), [], logger)
                 for issue in issues:
                     if free == 0:
                         break
@@ -174,25 +174,7 @@ class LinearWorker:
                     if exc is not None:
                         logger.error("issue %s: %s", issue_id, _one_line(exc))
         stopping.cancel()
-        await self._shutdown(running)
-
-    async def _shutdown(self, running: dict[str, asyncio.Task[bool | None]]) -> None:
-        """Let claims finish submitting (so no issue is left without a task); drop
-        the followers: their tasks keep running and the next start reports them."""
-        starting = [j for i, j in running.items() if i in self._starting]
-        if starting:
-            await asyncio.wait(starting, timeout=30)
-        for job in running.values():
-            job.cancel()
-        await asyncio.gather(*running.values(), return_exceptions=True)
-
-    async def _logged(self, work: Awaitable[T], default: T) -> T:
-        """A daemon step that may fail (Linear or the orchestrator away): log, go on."""
-        try:
-            return await work
-        except CboxError as exc:
-            logger.error("%s", _one_line(exc))
-            return default
+        await shutdown(running, self._starting)
 
     # ------------------------------------------------------------- one issue
 

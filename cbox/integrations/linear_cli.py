@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import sys
 
 import click
@@ -24,7 +23,7 @@ from pydantic import ValidationError
 from cbox.cli.client import Client
 from cbox.cli.defaults import resolve_token
 from cbox.errors import CboxError, ConfigError
-from cbox.integrations.follow import EXIT_CONFIG, EXIT_UNREACHABLE, label_policy
+from cbox.integrations.follow import EXIT_CONFIG, EXIT_UNREACHABLE, label_policy, stop_on_signals
 from cbox.integrations.linear import LinearWorker
 from cbox.integrations.linear_api import DEFAULT_API_URL, LinearApi
 from cbox.integrations.linear_config import WorkerConfig
@@ -135,11 +134,7 @@ async def _main(config: WorkerConfig, *, dry_run: bool, daemon: bool) -> int:
                 await _dry_run(worker)
                 return 0
             if daemon:
-                stop = asyncio.Event()
-                loop = asyncio.get_running_loop()
-                for sig in (signal.SIGTERM, signal.SIGINT):
-                    loop.add_signal_handler(sig, stop.set)
-                await worker.run_daemon(stop)
+                await worker.run_daemon(stop_on_signals())
                 return 0
             return await worker.run_once()
     except ConfigError as exc:
